@@ -1,0 +1,22 @@
+"""hyenadna: long-context DNA language models built on the Hyena operator (HyenaDNA).
+
+Public API; everything else is imported from its module (e.g. ``hyenadna.model.fftconv``).
+"""
+
+from hyenadna.model import (
+    HyenaConfig,
+    HyenaDNAForCausalLM,
+    HyenaDNAForSequenceClassification,
+    HyenaDNAModel,
+    HyenaOutput,
+)
+from hyenadna.tokenizer import CharTokenizer
+
+__all__ = [
+    "CharTokenizer",
+    "HyenaConfig",
+    "HyenaDNAForCausalLM",
+    "HyenaDNAForSequenceClassification",
+    "HyenaDNAModel",
+    "HyenaOutput",
+]

@@ -1,0 +1,592 @@
+"""The HyenaDNA model in plain PyTorch, read top to bottom.
+
+Config -> FFT long convolution (and its O(L^2) reference) -> implicit filter -> Hyena operator
+-> block -> backbone -> heads. Module and parameter names follow the official HyenaDNA code
+(HazyResearch/hyena-dna) so that the released checkpoints map onto this model through a fixed
+key table (`hyenadna.checkpoint`). Buffers that are pure functions of the config (positional
+features `z`, `t` and decay rates `deltas`) are recomputed and never stored in our checkpoints.
+
+Shape legend:
+    B  batch              L  sequence length (tokens)       D  model width (d_model)
+    I  MLP width (d_inner) O  Hyena order (2 in every release)
+    E  positional feature width (emb_dim, 5)                F  filter-MLP width (filter_order, 64)
+    P  soft-prompt length  V  padded vocabulary (16)         C  number of labels
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+PoolingMode = Literal["last", "first", "mean"]
+ProblemType = Literal["single_label", "multi_label", "regression"]
+
+
+@dataclass
+class HyenaConfig:
+    """Every knob of a HyenaDNA model; checks itself on construction."""
+
+    d_model: int = 128
+    n_layer: int = 2
+    d_inner: int | None = None  # None -> 4 * d_model
+    l_max: int = 1026  # longest input (tokens, soft prompt included) the filters are defined for
+    vocab_size: int = 12
+    pad_vocab_size_multiple: int = 8
+    # Hyena operator
+    hyena_order: int = 2
+    short_filter_order: int = 3
+    hyena_dropout: float = 0.0
+    # implicit filter
+    emb_dim: int = 5
+    filter_order: int = 64
+    num_inner_mlps: int = 2
+    activation_freq: float = 10.0
+    train_freq: bool = True
+    modulate: bool = True
+    fast_decay_pct: float = 0.3
+    slow_decay_pct: float = 1.5
+    decay_target: float = 1e-2
+    # 0.0 in the official training code, 0.05 in every official inference port (standalone,
+    # Colab, Hugging Face); the ports are what downstream users validated, so 0.05 by default.
+    shift: float = 0.05
+    # blocks
+    embed_dropout: float = 0.1
+    resid_dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    residual_in_fp32: bool = True
+    gradient_checkpointing: bool = False
+    pad_token_id: int = 4
+
+    def __post_init__(self) -> None:
+        if self.d_inner is None:
+            self.d_inner = 4 * self.d_model
+        positive = ("d_model", "n_layer", "d_inner", "vocab_size", "pad_vocab_size_multiple",
+                    "short_filter_order", "filter_order", "emb_dim")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"HyenaConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.l_max, int) or self.l_max < 2:
+            raise ValueError(f"HyenaConfig.l_max must be an integer >= 2, got {self.l_max!r}")
+        if not isinstance(self.hyena_order, int) or self.hyena_order < 2:
+            raise ValueError(f"HyenaConfig.hyena_order must be an integer >= 2, got {self.hyena_order!r}")
+        if not isinstance(self.num_inner_mlps, int) or self.num_inner_mlps < 0:
+            raise ValueError(f"HyenaConfig.num_inner_mlps must be an integer >= 0, got {self.num_inner_mlps!r}")
+        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
+            raise ValueError(
+                f"HyenaConfig.emb_dim must be odd and >= 3 ([t, cos, sin] features), got {self.emb_dim}")
+        for name in ("embed_dropout", "resid_dropout", "hyena_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"HyenaConfig.{name} must be in [0, 1), got {value!r}")
+        for name in ("activation_freq", "fast_decay_pct", "slow_decay_pct", "layer_norm_epsilon",
+                     "initializer_range"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"HyenaConfig.{name} must be a positive number, got {value!r}")
+        if not 0.0 < self.decay_target < 1.0:
+            raise ValueError(f"HyenaConfig.decay_target must be in (0, 1), got {self.decay_target!r}")
+        if not math.isfinite(self.shift):
+            raise ValueError(f"HyenaConfig.shift must be finite, got {self.shift!r}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"HyenaConfig.pad_token_id={self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Embedding rows: vocab_size rounded up to pad_vocab_size_multiple (12 -> 16)."""
+        m = self.pad_vocab_size_multiple
+        return math.ceil(self.vocab_size / m) * m
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HyenaConfig:
+        """Build from a dict; unknown keys are an error, never silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown HyenaConfig field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> HyenaConfig:
+        """The architecture of a released HyenaDNA size, e.g. ``HyenaConfig.preset("tiny-1k")``."""
+        key = PRESET_ALIASES.get(name, name)
+        if key not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[key], **overrides})
+
+
+# The released sizes (LongSafari/hyenadna-*-seqlen). l_max is the trained length + 2.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-1k": dict(d_model=128, n_layer=2, d_inner=512, l_max=1026),
+    "tiny-1k-d256": dict(d_model=256, n_layer=2, d_inner=1024, l_max=1026),
+    "tiny-16k": dict(d_model=128, n_layer=2, d_inner=512, l_max=16386),
+    "small-32k": dict(d_model=256, n_layer=4, d_inner=1024, l_max=32770),
+    "medium-160k": dict(d_model=256, n_layer=8, d_inner=1024, l_max=160002),
+    "medium-450k": dict(d_model=256, n_layer=8, d_inner=1024, l_max=450002),
+    "large-1m": dict(d_model=256, n_layer=8, d_inner=1024, l_max=1000002),
+}
+PRESET_ALIASES = {"tiny-16k-d128": "tiny-16k"}
+
+
+@dataclass
+class HyenaOutput:
+    """What the heads return: logits, the loss when targets/labels were given, hidden states on request."""
+
+    logits: Tensor
+    loss: Tensor | None = None
+    hidden_states: Tensor | None = field(default=None, repr=False)
+
+
+# --------------------------------------------------------------------------------------------
+# FFT long convolution, and the slow reference it must equal
+# --------------------------------------------------------------------------------------------
+
+
+def fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
+    """Causal long convolution y_t = sum_{s<=t} k_s u_{t-s} + bias * u_t, via FFT.
+
+    u: (B, D, L), k: (D, L), bias: (D,) -> (B, D, L) in u's dtype. Zero-padding to 2L makes the
+    circular FFT convolution an exact linear one for any L. The transform runs in fp32 even
+    under bf16/fp16 autocast: half-precision FFTs lose too many bits over long sequences.
+    """
+    seqlen = u.shape[-1]
+    n = 2 * seqlen
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        u32, k32 = u.float(), k.float()
+        k_f = torch.fft.rfft(k32, n=n)
+        u_f = torch.fft.rfft(u32, n=n)
+        y = torch.fft.irfft(u_f * k_f, n=n)[..., :seqlen]
+        y = y + u32 * bias.float().unsqueeze(-1)
+    return y.to(u.dtype)
+
+
+def fftconv_ref(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
+    """O(L^2) direct causal convolution; same contract as `fftconv`, for tests only."""
+    seqlen = u.shape[-1]
+    idx = torch.arange(seqlen, device=u.device)
+    lag = idx[:, None] - idx[None, :]  # (L_out, L_in): t - s
+    toeplitz = k.float()[:, lag.clamp(min=0)] * (lag >= 0)  # (D, L, L)
+    y = torch.einsum("dts,bds->bdt", toeplitz, u.float()) + u.float() * bias.float().unsqueeze(-1)
+    return y.to(u.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Implicit filter: positional features -> sine MLP -> exponential decay
+# --------------------------------------------------------------------------------------------
+
+
+def positional_features(l_max: int, emb_dim: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """z (1, l_max, E) = [t, cos(f w), -sin(f w)] and t (1, l_max, 1), in fp32.
+
+    t_i = i / (l_max - 1), w_i = 2 pi i / l_max, f = linspace(1e-4, bands - 1, bands): the
+    official features, computed in the same fp32 order so released weights see the same inputs.
+    """
+    t = torch.linspace(0, 1, l_max, device=device)[None, :, None]
+    bands = (emb_dim - 1) // 2
+    t_rescaled = torch.linspace(0, l_max - 1, l_max, device=device)[None, :, None]
+    w = 2 * math.pi * t_rescaled / l_max
+    f = torch.linspace(1e-4, bands - 1, bands, device=device)[None, None]
+    angle = f * w  # (1, l_max, bands)
+    z = torch.cat([t, torch.cos(angle), -torch.sin(angle)], dim=-1)
+    return z, t
+
+
+def decay_rates(d: int, fast_decay_pct: float, slow_decay_pct: float, target: float,
+                device: torch.device | None = None) -> Tensor:
+    """deltas (1, 1, D): per-channel rates so exp(-t |delta|) reaches `target` between 30% and 150% of l_max."""
+    max_decay = math.log(target) / fast_decay_pct
+    min_decay = math.log(target) / slow_decay_pct
+    return torch.linspace(min_decay, max_decay, d, device=device)[None, None]
+
+
+class PositionalEmbedding(nn.Module):
+    """Holds the positional features as non-persistent fp32 buffers (recomputed, never saved)."""
+
+    def __init__(self, emb_dim: int, l_max: int) -> None:
+        super().__init__()
+        self.emb_dim, self.l_max = emb_dim, l_max
+        z, t = positional_features(l_max, emb_dim)
+        self.register_buffer("z", z, persistent=False)
+        self.register_buffer("t", t, persistent=False)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # model.half()/bfloat16() would round t = i/(l_max-1) to 8 bits; these are pure
+        # functions of the config, so rebuild them in fp32 on whatever device they moved to.
+        super()._apply(fn, recurse)
+        if self.z.dtype != torch.float32:
+            self.z, self.t = positional_features(self.l_max, self.emb_dim, device=self.z.device)
+        return self
+
+    def forward(self, seqlen: int) -> tuple[Tensor, Tensor]:
+        """-> z (1, L, E), t (1, L, 1)."""
+        return self.z[:, :seqlen], self.t[:, :seqlen]
+
+
+class ExponentialModulation(nn.Module):
+    """h * (exp(-t |delta|) + shift): each channel decays at its own rate (paper eq. 3)."""
+
+    def __init__(self, d: int, fast_decay_pct: float, slow_decay_pct: float, target: float,
+                 shift: float, modulate: bool) -> None:
+        super().__init__()
+        self.shift, self.modulate = shift, modulate
+        self.decay_args = (d, fast_decay_pct, slow_decay_pct, target)
+        self.register_buffer("deltas", decay_rates(*self.decay_args), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        super()._apply(fn, recurse)
+        if self.deltas.dtype != torch.float32:
+            self.deltas = decay_rates(*self.decay_args, device=self.deltas.device)
+        return self
+
+    def forward(self, t: Tensor, h: Tensor) -> Tensor:
+        """t (1, L, 1), h (1, L, D) -> (1, L, D)."""
+        if not self.modulate:
+            return h
+        return h * (torch.exp(-t * self.deltas.abs()) + self.shift)
+
+
+class Sin(nn.Module):
+    """sin(freq * x) with a trainable per-feature frequency (one module shared by the filter MLP)."""
+
+    def __init__(self, dim: int, w: float, train_freq: bool) -> None:
+        super().__init__()
+        freq = w * torch.ones(1, dim)
+        if train_freq:
+            self.freq = nn.Parameter(freq)
+        else:
+            self.register_buffer("freq", freq)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.freq * x)
+
+
+class HyenaFilter(nn.Module):
+    """Implicit long filter h = MLP(z) * decay, plus the per-channel skip bias of the long conv."""
+
+    def __init__(self, d: int, l_max: int, emb_dim: int, filter_order: int, num_inner_mlps: int,
+                 activation_freq: float, train_freq: bool, modulate: bool, fast_decay_pct: float,
+                 slow_decay_pct: float, decay_target: float, shift: float) -> None:
+        super().__init__()
+        self.d, self.l_max = d, l_max
+        self.bias = nn.Parameter(torch.randn(d))
+        self.pos_emb = PositionalEmbedding(emb_dim, l_max)
+        # One Sin instance at indices 1, 3, 5: the official MLP shares a single `freq` parameter,
+        # which is why its state dict lists implicit_filter.{1,3,5}.freq.
+        act = Sin(filter_order, activation_freq, train_freq)
+        layers: list[nn.Module] = [nn.Linear(emb_dim, filter_order), act]
+        for _ in range(num_inner_mlps):
+            layers += [nn.Linear(filter_order, filter_order), act]
+        layers.append(nn.Linear(filter_order, d, bias=False))
+        self.implicit_filter = nn.Sequential(*layers)
+        self.modulation = ExponentialModulation(d, fast_decay_pct, slow_decay_pct, decay_target, shift, modulate)
+
+    def filter(self, seqlen: int) -> Tensor:
+        """The long filter for the first `seqlen` positions: (D, L) in fp32.
+
+        Generated in fp32 with autocast off: sin(10 * x) of bf16 activations is noise, and the
+        MLP costs O(L F^2) once per step, independent of the batch.
+        """
+        with torch.autocast(device_type=self.bias.device.type, enabled=False):
+            z, t = self.pos_emb(seqlen)
+            h = self.implicit_filter(z.to(self.bias.dtype)).float()  # (1, L, D)
+            h = self.modulation(t, h)
+        return rearrange(h, "1 l d -> d l")
+
+
+# --------------------------------------------------------------------------------------------
+# Hyena operator
+# --------------------------------------------------------------------------------------------
+
+
+class HyenaOperator(nn.Module):
+    """Order-O Hyena: in_proj -> causal short conv -> (gate, long conv)^(O-1) -> gate -> out_proj."""
+
+    def __init__(self, d_model: int, l_max: int, order: int = 2, short_filter_order: int = 3,
+                 dropout: float = 0.0, **filter_args: Any) -> None:
+        super().__init__()
+        self.d_model, self.l_max, self.order = d_model, l_max, order
+        inner = (order + 1) * d_model
+        self.in_proj = nn.Linear(d_model, inner)
+        self.out_proj = nn.Linear(d_model, d_model)
+        # Depthwise conv with padding k-1 whose first L outputs are kept: output t sees inputs
+        # t-k+1..t only (causal). Same module shape as the official one: weight (3D, 1, k).
+        self.short_filter = nn.Conv1d(inner, inner, kernel_size=short_filter_order, groups=inner,
+                                      padding=short_filter_order - 1)
+        self.filter_fn = HyenaFilter(d_model * (order - 1), l_max, **filter_args)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, u: Tensor) -> Tensor:
+        """u (B, L, D) -> (B, L, D)."""
+        seqlen = u.shape[1]
+        if seqlen > self.l_max:
+            raise ValueError(f"input length {seqlen} exceeds l_max={self.l_max}: the implicit filter is "
+                             f"defined only up to l_max (build the model with a larger l_max)")
+        x = rearrange(self.in_proj(u), "b l d -> b d l")
+        x = self.short_filter(x)[..., :seqlen]
+        *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
+        k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
+        bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
+        for o, gate in enumerate(reversed(gates[1:])):
+            v = self.dropout(v * gate)
+            v = fftconv(v, k[o], bias[o])
+        y = v * gates[0]
+        return self.out_proj(rearrange(y, "b d l -> b l d"))
+
+
+# --------------------------------------------------------------------------------------------
+# Block, backbone
+# --------------------------------------------------------------------------------------------
+
+
+class Mlp(nn.Module):
+    """D -> I -> D with tanh-approximate GELU (flash-attn's Mlp, as in the official code)."""
+
+    def __init__(self, d_model: int, d_inner: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_inner)
+        self.fc2 = nn.Linear(d_inner, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, L, D) -> (B, L, D)."""
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block: r += Mixer(LN1(r)); r += MLP(LN2(r))."""
+
+    def __init__(self, d_model: int, d_inner: int, mixer: nn.Module, resid_dropout: float,
+                 layer_norm_epsilon: float, residual_in_fp32: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_epsilon)
+        self.mixer = mixer
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_epsilon)
+        self.mlp = Mlp(d_model, d_inner)
+        self.dropout = nn.Dropout(resid_dropout)
+        self.residual_in_fp32 = residual_in_fp32
+
+    def forward(self, residual: Tensor) -> Tensor:
+        """residual (B, L, D) -> (B, L, D); kept in fp32 when residual_in_fp32."""
+        if self.residual_in_fp32:
+            residual = residual.float()
+        dtype = self.norm1.weight.dtype
+        residual = residual + self.dropout(self.mixer(self.norm1(residual.to(dtype))))
+        residual = residual + self.dropout(self.mlp(self.norm2(residual.to(dtype))))
+        return residual
+
+
+class HyenaEmbeddings(nn.Module):
+    """Token embedding only: Hyena needs no positional table."""
+
+    def __init__(self, vocab_size: int, d_model: int) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, d_model)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """input_ids (B, L) -> (B, L, D)."""
+        return self.word_embeddings(input_ids)
+
+
+class HyenaDNAModel(nn.Module):
+    """Embedding -> n_layer Hyena blocks -> final LayerNorm; returns hidden states (B, L, D)."""
+
+    def __init__(self, config: HyenaConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.embeddings = HyenaEmbeddings(c.padded_vocab_size, c.d_model)
+        self.embed_dropout = nn.Dropout(c.embed_dropout)
+        filter_args = dict(
+            emb_dim=c.emb_dim, filter_order=c.filter_order, num_inner_mlps=c.num_inner_mlps,
+            activation_freq=c.activation_freq, train_freq=c.train_freq, modulate=c.modulate,
+            fast_decay_pct=c.fast_decay_pct, slow_decay_pct=c.slow_decay_pct,
+            decay_target=c.decay_target, shift=c.shift)
+        self.layers = nn.ModuleList([
+            Block(c.d_model, c.d_inner, HyenaOperator(c.d_model, c.l_max, order=c.hyena_order,
+                                                      short_filter_order=c.short_filter_order,
+                                                      dropout=c.hyena_dropout, **filter_args),
+                  c.resid_dropout, c.layer_norm_epsilon, c.residual_in_fp32)
+            for _ in range(c.n_layer)])
+        self.ln_f = nn.LayerNorm(c.d_model, eps=c.layer_norm_epsilon)
+
+    def check_input_ids(self, input_ids: Tensor, prefix_len: int = 0) -> None:
+        """Clear errors for the wrong rank, dtype, empty, out-of-vocabulary or over-long inputs."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids is empty (length 0)")
+        total = input_ids.shape[1] + prefix_len
+        if total > self.config.l_max:
+            what = f"{input_ids.shape[1]} tokens" + (f" + {prefix_len} soft-prompt positions" if prefix_len else "")
+            raise ValueError(f"input of {what} = {total} exceeds the model's l_max={self.config.l_max}; "
+                             f"the implicit filter is defined only up to l_max")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.padded_vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {self.config.padded_vocab_size}), got values in "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+
+    def forward(self, input_ids: Tensor, prefix_embeds: Tensor | None = None) -> Tensor:
+        """input_ids (B, L), optional soft prompt prefix_embeds (P, D) or (B, P, D) -> (B, P + L, D).
+
+        The prefix is inserted after the token embedding and before the first block (the
+        paper's soft prompting); the caller drops the first P positions of the output.
+        """
+        prefix_len = 0 if prefix_embeds is None else prefix_embeds.shape[-2]
+        self.check_input_ids(input_ids, prefix_len)
+        hidden = self.embeddings(input_ids.long())
+        if prefix_embeds is not None:
+            if prefix_embeds.dim() == 2:
+                prefix_embeds = prefix_embeds.unsqueeze(0).expand(hidden.shape[0], -1, -1)
+            hidden = torch.cat([prefix_embeds.to(hidden.dtype), hidden], dim=1)
+        residual = self.embed_dropout(hidden)
+        for layer in self.layers:
+            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # Recompute the block in backward: same modules, same state-dict keys.
+                residual = checkpoint(layer, residual, use_reentrant=False)
+            else:
+                residual = layer(residual)
+        return self.ln_f(residual.to(self.ln_f.weight.dtype))
+
+
+def init_weights(module: nn.Module, n_layer: int, initializer_range: float = 0.02) -> None:
+    """GPT-2 style init as in the official code: N(0, 0.02), zero biases, and out_proj/fc2 of each
+    residual branch rescaled by 1/sqrt(2 n_layer) so the residual stream's variance stays put."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=initializer_range)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=initializer_range)
+    if isinstance(module, (HyenaOperator, Mlp)):
+        branch_out = module.out_proj if isinstance(module, HyenaOperator) else module.fc2
+        nn.init.normal_(branch_out.weight, std=initializer_range / math.sqrt(2 * n_layer))
+
+
+def _apply_init(model: nn.Module, config: HyenaConfig) -> None:
+    # nn.Module.apply visits children before parents, so the rescale runs after the plain init.
+    model.apply(lambda m: init_weights(m, config.n_layer, config.initializer_range))
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Unique parameters (a tied or shared tensor counts once); buffers never count."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --------------------------------------------------------------------------------------------
+# Heads
+# --------------------------------------------------------------------------------------------
+
+
+class HyenaDNAForCausalLM(nn.Module):
+    """Next-token language model: backbone + LM head tied to the token embedding."""
+
+    def __init__(self, config: HyenaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = HyenaDNAModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        _apply_init(self, config)
+        self.lm_head.weight = self.backbone.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids: Tensor, targets: Tensor | None = None,
+                prefix_embeds: Tensor | None = None, ignore_index: int = -100,
+                output_hidden_states: bool = False) -> HyenaOutput:
+        """input_ids (B, L) -> logits (B, L, V).
+
+        `targets` (B, L) are already aligned with the positions (targets[:, t] is the token that
+        position t must predict, usually input_ids shifted by one); entries equal to
+        `ignore_index` (padding) do not count. The loss is the mean token cross-entropy in fp32.
+        Soft-prompt positions (`prefix_embeds`) are dropped from the outputs.
+        """
+        hidden = self.backbone(input_ids, prefix_embeds)
+        if prefix_embeds is not None:
+            hidden = hidden[:, prefix_embeds.shape[-2]:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if targets is not None:
+            if targets.shape != input_ids.shape:
+                raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape {tuple(input_ids.shape)}")
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().long(), ignore_index=ignore_index)
+        return HyenaOutput(logits=logits, loss=loss, hidden_states=hidden if output_hidden_states else None)
+
+
+def pool_hidden(hidden: Tensor, mode: PoolingMode, attention_mask: Tensor | None = None) -> Tensor:
+    """Pool (B, L, D) -> (B, D) over real tokens only.
+
+    attention_mask (B, L) marks real tokens with 1 and padding with 0 on either side; `last` and
+    `first` take the last/first real position, `mean` averages real positions only.
+    """
+    if mode not in ("last", "first", "mean"):
+        raise ValueError(f"pooling must be 'last', 'first' or 'mean', got {mode!r}")
+    if attention_mask is None:
+        return {"last": lambda: hidden[:, -1], "first": lambda: hidden[:, 0], "mean": lambda: hidden.mean(1)}[mode]()
+    if attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match (batch, length) = {tuple(hidden.shape[:2])}")
+    mask = attention_mask.to(torch.bool)
+    n_real = mask.sum(1)
+    if bool((n_real == 0).any()):
+        raise ValueError(f"attention_mask has rows with no real token: {torch.nonzero(n_real == 0).flatten().tolist()}")
+    batch = torch.arange(hidden.shape[0], device=hidden.device)
+    if mode == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / n_real.unsqueeze(-1).to(hidden.dtype)
+    seqlen = hidden.shape[1]
+    if mode == "first":
+        return hidden[batch, mask.int().argmax(1)]
+    return hidden[batch, seqlen - 1 - mask.flip(1).int().argmax(1)]
+
+
+class HyenaDNAForSequenceClassification(nn.Module):
+    """Backbone + pooling + linear head for classification (single/multi-label) or regression."""
+
+    def __init__(self, config: HyenaConfig, num_labels: int, pooling: PoolingMode = "last",
+                 problem_type: ProblemType = "single_label") -> None:
+        super().__init__()
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        if pooling not in ("last", "first", "mean"):
+            raise ValueError(f"pooling must be 'last', 'first' or 'mean', got {pooling!r}")
+        if problem_type not in ("single_label", "multi_label", "regression"):
+            raise ValueError(f"problem_type must be single_label, multi_label or regression, got {problem_type!r}")
+        self.config, self.num_labels, self.pooling, self.problem_type = config, num_labels, pooling, problem_type
+        self.backbone = HyenaDNAModel(config)
+        self.head = nn.Linear(config.d_model, num_labels)
+        _apply_init(self, config)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
+                prefix_embeds: Tensor | None = None, output_hidden_states: bool = False) -> HyenaOutput:
+        """input_ids (B, L), attention_mask (B, L) -> logits (B, C).
+
+        labels: (B,) class ids for single_label, (B, C) 0/1 for multi_label, (B,) or (B, C) floats
+        for regression. Soft-prompt positions never enter the pooling.
+        """
+        hidden = self.backbone(input_ids, prefix_embeds)
+        if prefix_embeds is not None:
+            hidden = hidden[:, prefix_embeds.shape[-2]:]
+        logits = self.head(pool_hidden(hidden, self.pooling, attention_mask).to(self.head.weight.dtype))
+        loss = None
+        if labels is not None:
+            if self.problem_type == "single_label":
+                loss = F.cross_entropy(logits.float(), labels.long().view(-1))
+            elif self.problem_type == "multi_label":
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float().view_as(logits))
+            else:
+                loss = F.mse_loss(logits.float(), labels.float().view_as(logits))
+        return HyenaOutput(logits=logits, loss=loss, hidden_states=hidden if output_hidden_states else None)
