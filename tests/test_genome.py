@@ -1,0 +1,343 @@
+"""Genome access, BGZF writing, BED intervals and coordinate splits."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hyenadna.genome import (
+    BgzfWriter,
+    Genome,
+    Interval,
+    check_intervals,
+    clip_to_held_out,
+    find_cross_split_overlap,
+    is_bgzf,
+    merge_intervals,
+    read_bed,
+    split_by_coordinates,
+)
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def random_dna(seed: int, n: int) -> str:
+    """A reproducible random ACGT sequence."""
+    return "".join(np.random.default_rng(seed).choice(list("ACGT"), size=n))
+
+
+def fasta_text(records: dict[str, str], width: int = 60) -> str:
+    """FASTA text with fixed-width lines."""
+    out = []
+    for name, seq in records.items():
+        out.append(f">{name} description\n")
+        out.extend(seq[i : i + width] + "\n" for i in range(0, len(seq), width))
+    return "".join(out)
+
+
+@pytest.fixture
+def records() -> dict[str, str]:
+    return {"chr1": random_dna(1, 5000), "chr2": random_dna(2, 777).lower(), "chrM": random_dna(3, 61)}
+
+
+def write_bgzf(path: Path, text: str) -> Path:
+    with open(path, "wb") as f, BgzfWriter(f) as writer:
+        writer.write(text.encode())
+    return path
+
+
+# ------------------------------------------------------------------------- BGZF
+
+
+def test_bgzf_writer_is_valid_gzip_with_bgzf_blocks(tmp_path: Path) -> None:
+    data = random_dna(0, 200_000).encode()  # several 0xFF00-byte blocks
+    path = tmp_path / "x.gz"
+    with open(path, "wb") as f, BgzfWriter(f) as writer:
+        for i in range(0, len(data), 7777):
+            writer.write(data[i : i + 7777])
+    assert gzip.decompress(path.read_bytes()) == data
+    assert is_bgzf(path)
+    plain = tmp_path / "plain.gz"
+    plain.write_bytes(gzip.compress(data))
+    assert not is_bgzf(plain)
+
+
+# ------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize("kind", ["plain", "bgzf"])
+def test_fetch_matches_records(tmp_path: Path, records: dict[str, str], kind: str) -> None:
+    text = fasta_text(records)
+    if kind == "plain":
+        path = tmp_path / "g.fa"
+        path.write_text(text)
+    else:
+        path = write_bgzf(tmp_path / "g.fa.gz", text)
+    genome = Genome(path)
+    assert genome.chrom_lengths == {name: len(seq) for name, seq in records.items()}
+    assert genome.readable_path == path  # read directly, nothing converted
+    rng = np.random.default_rng(0)
+    for name, seq in records.items():
+        for _ in range(20):
+            start = int(rng.integers(len(seq)))
+            end = int(rng.integers(start, len(seq) + 1))
+            assert genome.fetch(name, start, end) == seq[start:end]  # case kept (chr2 lowercase)
+    assert genome.fetch("chr1", 0, 0) == ""
+
+
+def test_plain_gzip_is_converted_once(tmp_path: Path, records: dict[str, str],
+                                      capfd: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "hg.fa.gz"
+    src.write_bytes(gzip.compress(fasta_text(records).encode()))
+    cache = tmp_path / "cache"
+    genome = Genome(src, cache_dir=cache)
+    assert "converting it once to BGZF" in capfd.readouterr().err
+    converted = genome.readable_path
+    assert converted.parent == cache and is_bgzf(converted)
+    assert genome.fetch("chr1", 100, 200) == records["chr1"][100:200]
+    mtime = converted.stat().st_mtime_ns
+
+    again = Genome(src, cache_dir=cache)
+    assert "converting" not in capfd.readouterr().err
+    assert again.readable_path == converted and converted.stat().st_mtime_ns == mtime
+    assert again.fetch("chrM", 0, 61) == records["chrM"]
+
+
+def test_plain_gzip_default_cache_is_next_to_file(tmp_path: Path, records: dict[str, str]) -> None:
+    src = tmp_path / "hg.fa.gz"
+    src.write_bytes(gzip.compress(fasta_text(records).encode()))
+    assert Genome(src).readable_path == tmp_path / "hg.fa.bgzf.gz"
+
+
+def test_unwritable_cache_is_a_clear_error(tmp_path: Path, records: dict[str, str]) -> None:
+    src = tmp_path / "hg.fa.gz"
+    src.write_bytes(gzip.compress(fasta_text(records).encode()))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    # A cache folder below a regular file cannot be created, even by root.
+    with pytest.raises(PermissionError, match="hg.fa.gz.*pass cache_dir"):
+        Genome(src, cache_dir=blocker / "cache")
+
+
+def test_genome_survives_pickling(tmp_path: Path, records: dict[str, str]) -> None:
+    import pickle
+
+    genome = Genome(write_bgzf(tmp_path / "g.fa.gz", fasta_text(records)))
+    genome.fetch("chr1", 0, 10)
+    clone = pickle.loads(pickle.dumps(genome))
+    assert clone.fetch("chr2", 5, 50) == records["chr2"][5:50]
+
+
+# ----------------------------------------------------------------- bad FASTA
+
+
+def test_missing_fasta(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="FASTA file not found: .*nope.fa"):
+        Genome(tmp_path / "nope.fa")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("ACGT\n>a\nACGT\n", "not a valid FASTA file.*start with a '>name' header"),
+        ("", "not a valid FASTA file"),
+        ("hello world\n", "not a valid FASTA file"),
+        (">a\n>b\nACGT\n", r"empty record\(s\) \['a'\]"),
+        (">a\nACGT\n>a\nACGT\n", "duplicate sequence names"),
+        (">a\nACGTAC\nAC\nACGTAC\n", "cannot read FASTA file"),
+    ],
+)
+def test_malformed_fasta(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.fa"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        Genome(path)
+    assert "bad.fa" in str(info.value)
+    assert "Traceback" not in str(info.value)
+    # A failed open must not leave an index that a later open would trust.
+    if "empty record" not in message:
+        assert not (tmp_path / "bad.fa.fai").exists()
+
+
+def test_binary_file_is_not_fasta(tmp_path: Path) -> None:
+    path = tmp_path / "img.fa"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x01\x02")
+    with pytest.raises(ValueError, match="img.fa is not a FASTA file"):
+        Genome(path)
+
+
+def test_gz_suffix_without_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "x.fa.gz"
+    path.write_text(">a\nACGT\n")
+    with pytest.raises(ValueError, match="x.fa.gz is named like a gzip file"):
+        Genome(path)
+
+
+def test_fetch_errors_name_chrom_and_coordinates(tmp_path: Path, records: dict[str, str]) -> None:
+    path = tmp_path / "g.fa"
+    path.write_text(fasta_text(records))
+    genome = Genome(path)
+    with pytest.raises(ValueError, match="chromosome 'chr9' is not in FASTA .*g.fa.*chr1, chr2"):
+        genome.fetch("chr9", 0, 10)
+    with pytest.raises(ValueError, match="chr1:4990-5010.*<= 5000"):
+        genome.fetch("chr1", 4990, 5010)
+    with pytest.raises(ValueError, match="chr1:-1-10"):
+        genome.fetch("chr1", -1, 10)
+
+
+# ---------------------------------------------------------------------- BED
+
+
+def test_read_bed(tmp_path: Path) -> None:
+    bed = tmp_path / "s.bed"
+    bed.write_text("# comment\ntrack name=x\nchr1\t0\t100\ttrain\nchr1\t100\t150\tval\n\nchr2\t5\t9\tTEST\textra\n")
+    assert read_bed(bed) == [
+        Interval("chr1", 0, 100, "train"),
+        Interval("chr1", 100, 150, "valid"),
+        Interval("chr2", 5, 9, "test"),
+    ]
+    assert read_bed(bed)[2].source == f"{bed}:6"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("chr1\t0\t100", "s.bed:2: expected 4 tab-separated columns"),
+        ("chr1\tzero\t100\ttrain", "s.bed:2: start and end must be integers"),
+        ("chr1\t100\t100\ttrain", r"s.bed:2: need 0 <= start < end"),
+        ("chr1\t-5\t100\ttrain", r"s.bed:2: need 0 <= start < end"),
+        ("chr1\t0\t100\tholdout", "s.bed:2: unknown split 'holdout'"),
+    ],
+)
+def test_bad_bed_lines(tmp_path: Path, line: str, message: str) -> None:
+    bed = tmp_path / "s.bed"
+    bed.write_text(f"chr1\t0\t10\ttrain\n{line}\n")
+    with pytest.raises(ValueError, match=message):
+        read_bed(bed)
+
+
+def test_missing_and_empty_bed(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="BED file not found"):
+        read_bed(tmp_path / "none.bed")
+    (tmp_path / "empty.bed").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="empty.bed has no intervals"):
+        read_bed(tmp_path / "empty.bed")
+
+
+def test_check_intervals_errors_name_bed_line_and_fasta(tmp_path: Path) -> None:
+    lengths = {"chr1": 1000}
+    bed = tmp_path / "s.bed"
+    bed.write_text("chr1\t0\t500\ttrain\nchr7\t0\t10\tvalid\n")
+    with pytest.raises(ValueError, match=r"s.bed:2 \(chr7:0-10\): chromosome 'chr7' is not in FASTA g.fa"):
+        check_intervals(lengths, read_bed(bed), fasta="g.fa")
+    bed.write_text("chr1\t0\t500\ttrain\nchr1\t900\t1001\tvalid\n")
+    with pytest.raises(ValueError, match=r"s.bed:2 .*ends at 1001, past the end of chr1 \(length 1000\)"):
+        check_intervals(lengths, read_bed(bed), fasta="g.fa")
+    bed.write_text("chr1\t0\t500\ttrain\nchr1\t499\t600\tvalid\n")
+    with pytest.raises(ValueError, match=r"'train' interval .*s.bed:1.* overlaps split 'valid'.*s.bed:2"):
+        check_intervals(lengths, read_bed(bed), fasta="g.fa")
+    bed.write_text("chr1\t0\t500\ttrain\nchr1\t400\t600\ttrain\nchr1\t600\t700\tvalid\n")
+    check_intervals(lengths, read_bed(bed), fasta="g.fa")  # same-split overlap and touching are fine
+
+
+def covered(intervals: list[Interval], size: int = 10_000) -> dict[str, np.ndarray]:
+    """Per split, a boolean mask of covered positions (single-chromosome intervals)."""
+    masks: dict[str, np.ndarray] = {}
+    for iv in intervals:
+        mask = masks.setdefault(iv.split, np.zeros(size, dtype=bool))
+        mask[iv.start : iv.end] = True
+    return masks
+
+
+def test_overlap_detection_agrees_with_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        intervals = []
+        for _ in range(int(rng.integers(2, 8))):
+            start = int(rng.integers(0, 100))
+            intervals.append(Interval("chr1", start, start + int(rng.integers(1, 30)),
+                                      str(rng.choice(["train", "valid", "test"]))))
+        masks = covered(intervals)
+        splits = list(masks)
+        brute = any((masks[a] & masks[b]).any() for a in splits for b in splits if a < b)
+        assert (find_cross_split_overlap(intervals) is not None) == brute
+
+
+def test_merge_and_clip_to_held_out() -> None:
+    intervals = [
+        Interval("chr1", 0, 100, "train"),
+        Interval("chr1", 50, 300, "train"),
+        Interval("chr1", 120, 180, "valid"),
+        Interval("chr1", 170, 200, "test"),
+        Interval("chr1", 400, 500, "valid"),
+    ]
+    merged = merge_intervals(intervals)
+    assert Interval("chr1", 0, 300, "train") in merged
+    clipped, changed = clip_to_held_out(intervals)
+    assert find_cross_split_overlap(clipped) is None
+    assert changed == 2  # the merged train interval and the valid one touching the test one
+    masks_before, masks_after = covered(intervals), covered(clipped)
+    # Held-out bases stay (test wins over valid), train loses exactly the held-out bases.
+    assert np.array_equal(masks_after["test"], masks_before["test"])
+    assert np.array_equal(masks_after["valid"], masks_before["valid"] & ~masks_before["test"])
+    held = masks_before["valid"] | masks_before["test"]
+    assert np.array_equal(masks_after["train"], masks_before["train"] & ~held)
+
+
+@pytest.mark.parametrize(("valid", "test"), [(0.1, 0.1), (0.05, 0.0), (0.0, 0.0), (0.3, 0.2)])
+def test_split_by_coordinates_partitions_each_chromosome(valid: float, test: float) -> None:
+    lengths = {"chr1": 10_000, "chr2": 1234, "tiny": 3}
+    intervals = split_by_coordinates(lengths, valid, test)
+    assert find_cross_split_overlap(intervals) is None
+    for chrom, length in lengths.items():
+        mine = sorted((iv for iv in intervals if iv.chrom == chrom), key=lambda iv: iv.start)
+        # Contiguous, in order train | valid | test, covering every base exactly once.
+        assert mine[0].start == 0 and mine[-1].end == length
+        assert all(a.end == b.start for a, b in zip(mine, mine[1:]))
+        assert [iv.split for iv in mine] == sorted((iv.split for iv in mine),
+                                                   key=["train", "valid", "test"].index)
+    chr1 = {iv.split: len(iv) for iv in intervals if iv.chrom == "chr1"}
+    assert chr1.get("valid", 0) == round(10_000 * valid) and chr1.get("test", 0) == round(10_000 * test)
+
+
+def test_split_by_coordinates_rejects_bad_fractions() -> None:
+    with pytest.raises(ValueError, match="valid_fraction must be in"):
+        split_by_coordinates({"a": 10}, 1.5, 0.0)
+    with pytest.raises(ValueError, match="something is left to train on"):
+        split_by_coordinates({"a": 10}, 0.5, 0.5)
+
+
+# ----------------------------------------------------------- shipped data
+
+
+def test_shipped_human_slice_and_splits() -> None:
+    genome = Genome(DATA / "human_chrX_8mb.fa.gz")
+    assert genome.chrom_lengths == {"chrX": 8_000_000}
+    assert is_bgzf(DATA / "human_chrX_8mb.fa.gz")
+    assert set(genome.fetch("chrX", 3_000_000, 3_010_000)) <= set("ACGT")
+    for name, train_bases in (("human_chrX_small.bed", 2_000_000), ("human_chrX_8mb.bed", 7_000_000)):
+        intervals = read_bed(DATA / name)
+        check_intervals(genome.chrom_lengths, intervals, fasta="human_chrX_8mb.fa.gz")
+        assert {iv.split for iv in intervals} == {"train", "valid", "test"}
+        assert sum(len(iv) for iv in intervals if iv.split == "train") == train_bases
+    # The small run's held-out ranges lie inside the 8 Mb run's held-out ranges.
+    small = covered(read_bed(DATA / "human_chrX_small.bed"), size=8_000_000)
+    large = covered(read_bed(DATA / "human_chrX_8mb.bed"), size=8_000_000)
+    for split in ("valid", "test"):
+        assert not (small[split] & ~large[split]).any()
+
+
+def test_index_goes_to_cache_dir_when_folder_is_read_only(tmp_path: Path, records: dict[str, str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_bgzf(tmp_path / "g.fa.gz", fasta_text(records))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode))
+    with pytest.raises(PermissionError, match="g.fa.gz: folder .* is not writable; pass cache_dir"):
+        Genome(path)
+    genome = Genome(path, cache_dir=tmp_path / "idx")
+    assert (tmp_path / "idx" / "g.fa.gz.fai").exists()
+    assert genome.fetch("chr1", 10, 20) == records["chr1"][10:20]
