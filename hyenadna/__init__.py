@@ -11,6 +11,7 @@ from hyenadna.model import (
     HyenaOutput,
 )
 from hyenadna.tokenizer import CharTokenizer
+from hyenadna.checkpoint import load_pretrained
 
 __all__ = [
     "CharTokenizer",
@@ -19,4 +20,5 @@ __all__ = [
     "HyenaDNAForSequenceClassification",
     "HyenaDNAModel",
     "HyenaOutput",
+    "load_pretrained",
 ]
