@@ -450,8 +450,10 @@ def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
     merged: list[Interval] = []
     for iv in ordered:
         last = merged[-1] if merged else None
-        if last is not None and (last.split, last.chrom) == (iv.split, iv.chrom) and iv.start <= last.end:
-            merged[-1] = Interval(last.chrom, last.start, max(last.end, iv.end), last.split, last.source)
+        same_run = last is not None and (last.split, last.chrom) == (iv.split, iv.chrom)
+        if same_run and iv.start <= last.end:
+            end = max(last.end, iv.end)
+            merged[-1] = Interval(last.chrom, last.start, end, last.split, last.source)
         else:
             merged.append(iv)
     return merged
