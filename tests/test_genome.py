@@ -341,3 +341,83 @@ def test_index_goes_to_cache_dir_when_folder_is_read_only(tmp_path: Path, record
     genome = Genome(path, cache_dir=tmp_path / "idx")
     assert (tmp_path / "idx" / "g.fa.gz.fai").exists()
     assert genome.fetch("chr1", 10, 20) == records["chr1"][10:20]
+
+
+# ------------------------------------------------------- data/prepare_hg38.py
+
+
+def load_prepare_script():
+    """Import data/prepare_hg38.py (a script, not a package module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_hg38", DATA / "prepare_hg38.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prepare_hg38_offline_pipeline(tmp_path: Path, records: dict[str, str],
+                                       capfd: pytest.CaptureFixture[str]) -> None:
+    prep = load_prepare_script()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hg38.fa.gz").write_bytes(gzip.compress(fasta_text(records).encode()))
+    # Basenji-style rows: a train row overlapping a valid row, a 'val' alias, an absent chrom.
+    (src / "sequences_human.bed").write_text(
+        "chr1\t0\t3000\ttrain\nchr1\t2500\t4000\tval\nchr1\t4000\t5000\ttest\nchr9\t0\t10\ttrain\n"
+    )
+    out = tmp_path / "hg38"
+    args = ["--out-dir", str(out), "--fasta-url", (src / "hg38.fa.gz").as_uri(),
+            "--bed-url", (src / "sequences_human.bed").as_uri()]
+    prep.main(args)
+    err = capfd.readouterr().err
+    assert "converting it once to BGZF" in err and "'dropped_rows': 1, 'clipped_rows': 1" in err
+    assert is_bgzf(out / "hg38.fa.bgzf.gz")
+    intervals = read_bed(out / "human-sequences.bed")
+    assert intervals == [
+        Interval("chr1", 0, 2500, "train"),
+        Interval("chr1", 2500, 4000, "valid"),
+        Interval("chr1", 4000, 5000, "test"),
+    ]
+    prep.main(args)  # every step is done: a rerun only reports
+    again = capfd.readouterr().err
+    assert "skipping download" in again and "converting" not in again
+
+
+def test_download_resumes_a_partial_file(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    prep = load_prepare_script()
+    payload = random_dna(11, 50_000).encode()
+    ranges: list[str | None] = []
+
+    class RangeHandler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            ranges.append(self.headers.get("Range"))
+            start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(payload) - start))
+            self.end_headers()
+            self.wfile.write(payload[start:])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), RangeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        dest = tmp_path / "x.bin"
+        (tmp_path / "x.bin.part").write_bytes(payload[:12_345])  # an interrupted download
+        prep.download(f"http://127.0.0.1:{server.server_port}/x.bin", dest)
+    finally:
+        server.shutdown()
+    assert ranges == ["bytes=12345-"]
+    assert dest.read_bytes() == payload and not (tmp_path / "x.bin.part").exists()
+
+
+def test_download_failure_is_a_clear_error(tmp_path: Path) -> None:
+    prep = load_prepare_script()
+    with pytest.raises(RuntimeError, match="cannot download .*missing.fa.gz"):
+        prep.download((tmp_path / "missing.fa.gz").as_uri(), tmp_path / "out.fa.gz")
