@@ -388,3 +388,46 @@ def test_shipped_human_data_default_split() -> None:
     assert torch.equal(batch["input_ids"][:, 1:], batch["targets"][:, :-1])
     # Real DNA: all four bases, no padding needed inside the 2 Mb train range.
     assert set(batch["input_ids"].unique().tolist()) == {7, 8, 9, 10}
+
+
+def test_lightning_resume_mid_epoch_and_at_epoch_end_sees_the_same_batches(tmp_path: Path) -> None:
+    import warnings
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    seen: list[tuple[int, int, int]] = []
+
+    class Recorder(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(16, 1)
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            seen.append((self.current_epoch, batch_idx, hash(batch["input_ids"].numpy().tobytes())))
+            return self.emb(batch["input_ids"]).mean()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def data() -> PretrainDataModule:
+        return PretrainDataModule(
+            [{"name": "h", "fasta": str(DATA / "human_chrX_8mb.fa.gz"), "bed": str(DATA / "human_chrX_small.bed")}],
+            max_length=32, batch_size=4, train_samples_per_epoch=40,
+        )
+
+    def fit(ckpt_path: str | None = None, callbacks: list | None = None) -> None:
+        trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             limit_val_batches=0, callbacks=callbacks or [], enable_checkpointing=bool(callbacks),
+                             default_root_dir=tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(Recorder(), datamodule=data(), ckpt_path=ckpt_path)
+
+    fit(callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1, filename="{step}")])
+    full = list(seen)
+    assert len(full) == 30 and len({h for _, _, h in full}) == 30  # 3 epochs of 10 distinct batches
+    for step in (15, 10):  # mid-epoch 1, and the last batch of epoch 0
+        seen.clear()
+        fit(ckpt_path=str(tmp_path / f"step={step}.ckpt"))
+        assert seen == full[step:]
