@@ -134,6 +134,12 @@ def test_valid_and_test_tiles_do_not_overlap_and_cover_the_intervals(genome_a: d
     assert make_dm(genome_a, val_max_length=300).val_dataset.windows == dm.val_dataset.windows
 
 
+def test_max_val_windows_thins_evenly(genome_a: dict) -> None:
+    all_tiles = make_dm(genome_a, val_max_length=50).val_dataset.windows  # 1000 / 51 -> 20 tiles
+    thinned = make_dm(genome_a, val_max_length=50, max_val_windows=3).val_dataset.windows
+    assert len(all_tiles) == 20 and thinned == [all_tiles[0], all_tiles[10], all_tiles[19]]
+
+
 def test_tile_intervals_skips_one_base_tail() -> None:
     tiles = tile_intervals([Interval("c", 0, 11, "valid")], genome=0, length=4)
     assert [(w.start, w.end) for w in tiles] == [(0, 5), (5, 10)]  # [10, 11) has no target
