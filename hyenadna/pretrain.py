@@ -1,0 +1,244 @@
+"""Pretraining entry point: `fit(cfg)` builds everything from a Hydra config, trains, reports.
+
+Order of work, so that bad input fails in seconds: check the config's keys, the output folder,
+the model/data lengths, the files (the datamodule opens FASTA and BED), the checkpoint's
+architecture; only then train. The output folder receives ``config.yaml`` (resolved),
+``checkpoints/``, ``metrics.csv``, ``loss_curves.png``; the run ends by printing the validation
+perplexity next to order-k Markov baselines fitted on the training intervals and scored on the
+very same validation windows.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hyenadna.baselines import MarkovBaseline
+from hyenadna.genome import Genome
+from hyenadna.lm import CausalLMModule, check_same_architecture
+from hyenadna.model import Block, HyenaConfig, count_parameters
+from hyenadna.pretrain_data import PretrainDataModule
+
+TOP_LEVEL_KEYS = frozenset({"model", "data", "trainer", "logger", "optimizer", "scheduler", "callbacks",
+                            "baseline", "seed", "output_dir", "ckpt_path", "experiment_name", "torch_threads"})
+ALLOWED_TARGET_PREFIXES = ("hyenadna.", "torch.optim.", "lightning.pytorch.")
+
+
+def check_targets(node: Any, where: str = "") -> None:
+    """Every `_target_` must point into hyenadna, torch.optim or lightning.pytorch (Hydra would run anything)."""
+    if isinstance(node, DictConfig):
+        target = node.get("_target_") if "_target_" in node else None
+        if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
+            raise ValueError(f"config {where or '<root>'}: _target_ {target!r} is outside "
+                             f"{', '.join(p.rstrip('.') for p in ALLOWED_TARGET_PREFIXES)}")
+        for key in node:
+            check_targets(node._get_node(key), f"{where}.{key}" if where else str(key))
+    elif OmegaConf.is_list(node):
+        for i, item in enumerate(node):
+            check_targets(node._get_node(i), f"{where}[{i}]")
+
+
+def _build(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """instantiate() with the config group named in any error (a typo'd key reads as a TypeError)."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:  # Hydra wraps the constructor's error; unwrap it for the user
+        cause = err.__cause__ or err
+        raise ValueError(f"config `{group}` is invalid: {cause}") from None
+
+
+def check_output_dir(path: str | os.PathLike[str]) -> Path:
+    """Create the output folder and prove it is writable, or raise PermissionError naming it."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test_{uuid.uuid4().hex}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"output folder {out} is not writable: {err.strerror or err}") from None
+    return out
+
+
+def check_checkpoint(ckpt_path: str, config: HyenaConfig) -> None:
+    """The checkpoint exists, loads safely and was written for this architecture."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise ValueError(f"ckpt_path {path} is not a loadable checkpoint: {err}") from None
+    if "hyena_config" not in ckpt:
+        raise ValueError(f"ckpt_path {path} is not a hyenadna pretraining checkpoint (no 'hyena_config')")
+    check_same_architecture(ckpt["hyena_config"], config.to_dict(), f"checkpoint {path}")
+
+
+def fsdp_strategy(**kwargs: Any) -> pl.strategies.FSDPStrategy:
+    """Lightning FSDP wrapping each Hyena block as one shard unit (a class set cannot be written in YAML)."""
+    return pl.strategies.FSDPStrategy(auto_wrap_policy={Block}, **kwargs)
+
+
+def wandb_must_be_offline(timeout_s: float = 2.0) -> str | None:
+    """Why wandb has to run offline (no API key, or api.wandb.ai unreachable), or None."""
+    if not os.environ.get("WANDB_API_KEY"):
+        return "WANDB_API_KEY is not set"
+    try:
+        socket.create_connection(("api.wandb.ai", 443), timeout=timeout_s).close()
+    except OSError:
+        return "api.wandb.ai is unreachable"
+    return None
+
+
+def build_loggers(cfg: DictConfig, out: Path) -> list[pl.loggers.Logger]:
+    """Instantiate `cfg.logger` (a mapping name -> logger); wandb goes offline when it must."""
+    loggers = []
+    for name, node in (cfg.logger or {}).items():
+        if node is None:
+            continue
+        kwargs: dict[str, Any] = {}
+        if str(node.get("_target_", "")).endswith("WandbLogger") and not node.get("offline", False):
+            reason = wandb_must_be_offline()
+            if reason:
+                print(f"wandb: {reason}; logging offline to {out}/wandb (sync later with `wandb sync`)")
+                kwargs["offline"] = True
+        loggers.append(_build(node, f"logger.{name}", **kwargs))
+    return loggers
+
+
+def markov_baselines(dm: PretrainDataModule, orders: list[int]) -> dict[int, float]:
+    """Perplexity of order-k Markov models fitted on the train intervals (both strands) on the valid windows."""
+    tok = dm.tokenizer
+    train_seqs = []
+    for source, intervals in zip(dm.sources, dm.intervals["train"]):
+        genome = Genome(source.fasta, cache_dir=dm.cache_dir)
+        for iv in intervals:
+            ids = tok.encode(genome.fetch(iv.chrom, iv.start, iv.end))
+            train_seqs += [ids, tok.reverse_complement(ids)]  # the model sees both strands too (RC augmentation)
+    assert dm.val_dataset is not None
+    val_items = [dm.val_dataset[i] for i in range(len(dm.val_dataset))]
+    return {k: MarkovBaseline(k).fit(train_seqs).perplexity(val_items) for k in orders}
+
+
+def plot_losses(metrics_csv: Path, png: Path) -> None:
+    """Train (per logged step) and validation loss against optimizer step, as a PNG."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train: list[tuple[int, float]] = []
+    val: list[tuple[int, float]] = []
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("train/loss"):
+                train.append((int(row["step"]), float(row["train/loss"])))
+            if row.get("val/loss"):
+                val.append((int(row["step"]), float(row["val/loss"])))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if train:
+        ax.plot(*zip(*train), label="train loss", alpha=0.6)
+    if val:
+        ax.plot(*zip(*val), "o-", label="valid loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats / base)")
+    ax.axhline(np.log(4), color="grey", ls=":", label="uniform over ACGT")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def fit(cfg: DictConfig) -> dict[str, Any]:
+    """Pretrain as `cfg` says and return the final metrics (val loss/ppl/acc, Markov baselines, paths)."""
+    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ValueError(f"unknown top-level config key(s) {unknown}; known: {sorted(TOP_LEVEL_KEYS)}")
+    check_targets(cfg)
+    out = check_output_dir(cfg.output_dir)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    config = _build(cfg.model, "model")
+    if not isinstance(config, HyenaConfig):
+        raise ValueError(f"config `model` must build a HyenaConfig, got {type(config).__name__}")
+    dm = _build(cfg.data, "data")
+    if not isinstance(dm, PretrainDataModule):
+        raise ValueError(f"config `data` must build a PretrainDataModule, got {type(dm).__name__}")
+    # Pretraining inputs are bare bases (no CLS/SEP), so a window needs max_length <= l_max positions.
+    for name, length in (("data.max_length", dm.max_length), ("data.val_max_length", dm.val_max_length)):
+        if length > config.l_max:
+            raise ValueError(f"{name}={length} exceeds the model's l_max={config.l_max}; "
+                             f"use a model with l_max >= {length} or shorter windows")
+    dm.prepare_data()
+    dm.setup("fit")  # opens every FASTA/BED now: missing files and bad intervals fail before training
+    if cfg.ckpt_path:
+        check_checkpoint(str(cfg.ckpt_path), config)
+
+    optimizer = _build(cfg.optimizer, "optimizer")
+    scheduler = _build(cfg.scheduler, "scheduler") if cfg.scheduler is not None else None
+    module = CausalLMModule(config, optimizer=optimizer, scheduler=scheduler)
+    callbacks = [_build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items() if node is not None]
+    loggers = build_loggers(cfg, out)
+    trainer = _build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        print(f"model: {count_parameters(module.model):,} parameters ({config.d_model=}, {config.n_layer=}, "
+              f"{config.l_max=}); output folder: {out}")
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path or None, weights_only=True)
+    train_time = time.perf_counter() - start
+    if trainer.interrupted:
+        raise RuntimeError("training was interrupted")
+    final = trainer.validate(module, datamodule=dm, verbose=False)[0]
+
+    result: dict[str, Any] = {
+        "val_loss": float(final["val/loss"]), "val_ppl": float(final["val/ppl"]), "val_acc": float(final["val/acc"]),
+        "global_step": int(trainer.global_step), "train_time_s": train_time, "output_dir": str(out),
+        "num_parameters": count_parameters(module.model),
+    }
+    ckpt_cb = trainer.checkpoint_callback
+    if ckpt_cb is not None:
+        result["last_checkpoint"] = getattr(ckpt_cb, "last_model_path", "") or ""
+        result["best_checkpoint"] = getattr(ckpt_cb, "best_model_path", "") or ""
+    if not trainer.is_global_zero:
+        return result
+
+    metrics_csv = next((Path(lg.log_dir) / "metrics.csv" for lg in trainer.loggers
+                        if isinstance(lg, pl.loggers.CSVLogger)), None)
+    if metrics_csv is not None and metrics_csv.is_file():
+        plot_losses(metrics_csv, out / "loss_curves.png")
+        result["metrics_csv"], result["plot"] = str(metrics_csv), str(out / "loss_curves.png")
+
+    orders = list(cfg.baseline.markov_orders) if cfg.get("baseline") else []
+    if orders:
+        markov = markov_baselines(dm, orders)
+        best = min(markov, key=markov.get)
+        result["markov_ppl"] = markov
+        result["best_markov_order"], result["best_markov_ppl"] = best, markov[best]
+    n_val = len(dm.val_dataset) if dm.val_dataset is not None else 0
+    lines = [f"validation perplexity on {n_val} held-out windows of {dm.val_max_length} bases "
+             f"(after {trainer.global_step} optimizer steps, {train_time / 60:.1f} min):",
+             f"  HyenaDNA ({result['num_parameters']:,} parameters)   {result['val_ppl']:.3f}"]
+    for k, ppl in result.get("markov_ppl", {}).items():
+        lines.append(f"  Markov order-{k} baseline{' (best)' if k == result['best_markov_order'] else '':7}  {ppl:.3f}")
+    if orders:
+        verdict = "beats" if result["val_ppl"] < result["best_markov_ppl"] else "does NOT beat"
+        lines.append(f"the model {verdict} the best Markov baseline")
+    print("\n".join(lines))
+    return result
