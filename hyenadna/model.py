@@ -159,21 +159,77 @@ class HyenaOutput:
 # --------------------------------------------------------------------------------------------
 
 
+def fft_size(seqlen: int) -> int:
+    """Smallest 2^a 3^b 5^c >= 2L - 1: any zero-padded length >= 2L - 1 makes the circular
+    convolution of two length-L signals an exact linear one, and 5-smooth sizes are the ones the
+    FFT libraries run fastest (2L itself is 5-smooth only when L is)."""
+    target = 2 * seqlen - 1
+    best = 1 << (target - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < target:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+class _FFTConvFn(torch.autograd.Function):
+    """fp32 FFT long convolution with a hand-written backward.
+
+    Autograd through rfft/irfft would differentiate the zero padding and run full complex
+    transforms; here backward is two real transforms per signal (the correlations with k and
+    with u) plus one for the filter gradient, whose batch sum is taken in the frequency domain.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, u: Tensor, k: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        seqlen = u.shape[-1]
+        n = fft_size(seqlen)
+        k_f = torch.fft.rfft(k, n=n)
+        u_f = torch.fft.rfft(u, n=n)
+        y = torch.fft.irfft(u_f * k_f, n=n)[..., :seqlen]
+        ctx.save_for_backward(u, u_f, k_f, bias)
+        ctx.n = n
+        return torch.addcmul(y, u, bias.unsqueeze(-1))
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        u, u_f, k_f, bias = ctx.saved_tensors
+        n, seqlen = ctx.n, u.shape[-1]
+        batch_dims = tuple(range(grad_y.dim() - 2))  # every axis before (D, L)
+        grad_y = grad_y.contiguous()
+        g_f = torch.fft.rfft(grad_y, n=n)
+        grad_u = grad_k = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # correlation with k: grad_u_s = sum_t g_t k_{t-s}
+            grad_u = torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :seqlen]
+            grad_u = torch.addcmul(grad_u, grad_y, bias.unsqueeze(-1))
+        if ctx.needs_input_grad[1]:
+            # correlation with u, summed over the batch before the (single) inverse transform
+            gk_f = g_f * u_f.conj()
+            if batch_dims:
+                gk_f = gk_f.sum(batch_dims)
+            grad_k = torch.fft.irfft(gk_f, n=n)[..., :seqlen]
+        if ctx.needs_input_grad[2]:
+            grad_bias = (grad_y * u).sum(batch_dims + (grad_y.dim() - 1,))
+        return grad_u, grad_k, grad_bias
+
+
 def fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
     """Causal long convolution y_t = sum_{s<=t} k_s u_{t-s} + bias * u_t, via FFT.
 
-    u: (B, D, L), k: (D, L), bias: (D,) -> (B, D, L) in u's dtype. Zero-padding to 2L makes the
-    circular FFT convolution an exact linear one for any L. The transform runs in fp32 even
-    under bf16/fp16 autocast: half-precision FFTs lose too many bits over long sequences.
+    u: (B, D, L), k: (D, L), bias: (D,) -> (B, D, L) in u's dtype. Zero-padding to
+    `fft_size(L)` >= 2L - 1 makes the circular FFT convolution an exact linear one for any L.
+    The transform runs in fp32 even under bf16/fp16 autocast: half-precision FFTs lose too many
+    bits over long sequences.
     """
-    seqlen = u.shape[-1]
-    n = 2 * seqlen
     with torch.autocast(device_type=u.device.type, enabled=False):
-        u32, k32 = u.float(), k.float()
-        k_f = torch.fft.rfft(k32, n=n)
-        u_f = torch.fft.rfft(u32, n=n)
-        y = torch.fft.irfft(u_f * k_f, n=n)[..., :seqlen]
-        y = y + u32 * bias.float().unsqueeze(-1)
+        y = _FFTConvFn.apply(u.float(), k.float(), bias.float())
     return y.to(u.dtype)
 
 
@@ -256,10 +312,10 @@ class ExponentialModulation(nn.Module):
         return self
 
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
-        """t (1, L, 1), h (1, L, D) -> (1, L, D)."""
+        """t (1, L), h (D, L) -> (D, L): channels first, the layout of the FFT convolution."""
         if not self.modulate:
             return h
-        return h * (torch.exp(-t * self.deltas.abs()) + self.shift)
+        return h * (torch.exp(-t * rearrange(self.deltas.abs(), "1 1 d -> d 1")) + self.shift)
 
 
 class Sin(nn.Module):
@@ -301,14 +357,15 @@ class HyenaFilter(nn.Module):
         """The long filter for the first `seqlen` positions: (D, L) in fp32.
 
         Generated in fp32 with autocast off: sin(10 * x) of bf16 activations is noise, and the
-        MLP costs O(L F^2) once per step, independent of the batch.
+        MLP costs O(L F^2) once per step, independent of the batch. The last (bias-free) layer is
+        applied as W @ h^T so the filter comes out in the (D, L) layout of the FFT directly
+        instead of through a strided transpose copy.
         """
         with torch.autocast(device_type=self.bias.device.type, enabled=False):
             z, t = self.pos_emb(seqlen)
-            h = self.implicit_filter(z.to(self.bias.dtype)).float()  # (1, L, D)
-            h = self.modulation(t, h)
-        return rearrange(h, "1 l d -> d l")
-
+            hidden = self.implicit_filter[:-1](z.to(self.bias.dtype))[0]  # (L, F)
+            h = (self.implicit_filter[-1].weight @ hidden.mT).float()  # (D, L)
+            return self.modulation(rearrange(t, "1 l 1 -> 1 l"), h)
 
 # --------------------------------------------------------------------------------------------
 # Hyena operator
@@ -333,12 +390,17 @@ class HyenaOperator(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, u: Tensor) -> Tensor:
-        """u (B, L, D) -> (B, L, D)."""
+        """u (B, L, D) -> (B, L, D).
+
+        The convolutions want channels first (B, D, L). Rather than transposing (a strided copy
+        of the widest activation, the largest single cost in the CPU profile at 16k), in_proj
+        and out_proj run as batched GEMMs that read their operand transposed for free.
+        """
         seqlen = u.shape[1]
         if seqlen > self.l_max:
             raise ValueError(f"input length {seqlen} exceeds l_max={self.l_max}: the implicit filter is "
                              f"defined only up to l_max (build the model with a larger l_max)")
-        x = rearrange(self.in_proj(u), "b l d -> b d l")
+        x = _linear_channels_first(self.in_proj, u)  # (B, (O+1) D, L)
         x = self.short_filter(x)[..., :seqlen]
         *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
         k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
@@ -347,7 +409,31 @@ class HyenaOperator(nn.Module):
             v = self.dropout(v * gate)
             v = fftconv(v, k[o], bias[o])
         y = v * gates[0]
-        return self.out_proj(rearrange(y, "b d l -> b l d"))
+        return _linear_channels_last(self.out_proj, y)
+
+
+def _linear_channels_first(linear: nn.Linear, u: Tensor) -> Tensor:
+    """linear(u) for u (B, L, D_in), returned as a contiguous (B, D_out, L): W @ u^T + b in one GEMM.
+
+    Any other module in the slot (an adapter wrapping the Linear, say) is called as a module and
+    transposed, so hooks and wrappers still see their input.
+    """
+    if type(linear) is not nn.Linear:
+        return rearrange(linear(u), "b l d -> b d l").contiguous()
+    w = linear.weight.expand(u.shape[0], -1, -1)
+    if linear.bias is None:
+        return torch.bmm(w, u.mT)
+    return torch.baddbmm(linear.bias.unsqueeze(-1), w, u.mT)
+
+
+def _linear_channels_last(linear: nn.Linear, y: Tensor) -> Tensor:
+    """linear(y^T) for y (B, D_in, L) channels first -> (B, L, D_out): y^T @ W^T + b in one GEMM."""
+    if type(linear) is not nn.Linear:
+        return linear(rearrange(y, "b d l -> b l d"))
+    w = linear.weight.mT.expand(y.shape[0], -1, -1)
+    if linear.bias is None:
+        return torch.bmm(y.mT, w)
+    return torch.baddbmm(linear.bias, y.mT, w)
 
 
 # --------------------------------------------------------------------------------------------
