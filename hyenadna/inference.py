@@ -1,0 +1,626 @@
+"""Using a pretrained HyenaDNA model: embeddings, sequence scores, variant effects, generation.
+
+Conventions (all follow from the model being causal):
+
+* Batches are padded on the **right** with an attention mask. Position t only sees tokens
+  <= t, so right padding leaves every real position exactly as it is without padding; left
+  padding would put pad tokens in front of the sequence and change every output. (The
+  official tokenizer pads left; that is fine for last-token classification after finetuning
+  with it, not for embeddings of a pretrained model.)
+* Inputs are the bare nucleotides, no special tokens: the released models were pretrained on
+  raw nucleotide windows (reference notes §3).
+* A sequence longer than the model's l_max is an error, reported with its name before any
+  work starts; the implicit filters are only defined up to l_max.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TextIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hyenadna.model import HyenaDNAForCausalLM, HyenaDNAForSequenceClassification, HyenaDNAModel
+from hyenadna.tokenizer import CharTokenizer
+
+Record = tuple[str, str]  # (name, sequence)
+Pooling = Literal["mean", "last", "none"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+# --------------------------------------------------------------------------------------------
+# Reading sequences
+# --------------------------------------------------------------------------------------------
+
+
+def _open_text(path: Path) -> TextIO:
+    """Open plain or gzip/bgzip text by content, not by name."""
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def read_fasta(path: str | Path) -> Iterator[Record]:
+    """Stream (name, sequence) records of a (gzipped) FASTA file; lines are joined, case kept."""
+    path = Path(path)
+    name: str | None = None
+    chunks: list[str] = []
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith(";"):
+                continue
+            if line.startswith(">"):
+                if name is not None:
+                    yield name, "".join(chunks)
+                name, chunks = (line[1:].split() or [f"record{number}"])[0], []
+            elif name is None:
+                raise ValueError(f"{path}:{number}: sequence before the first '>' header; not a FASTA file?")
+            else:
+                chunks.append(line)
+    if name is not None:
+        yield name, "".join(chunks)
+
+
+def read_csv_sequences(path: str | Path, seq_column: str = "sequence", id_column: str | None = None) -> Iterator[Record]:
+    """Stream records of a CSV/TSV (delimiter sniffed from the header) with a sequence column."""
+    path = Path(path)
+    with _open_text(path) as f:
+        header = f.readline()
+        delimiter = "\t" if header.count("\t") > header.count(",") else ","
+        cols = next(csv.reader([header], delimiter=delimiter), [])
+        if seq_column not in cols:
+            raise ValueError(f"{path}: no column {seq_column!r} in the header {cols}")
+        if id_column is not None and id_column not in cols:
+            raise ValueError(f"{path}: no column {id_column!r} in the header {cols}")
+        reader = csv.DictReader(f, fieldnames=cols, delimiter=delimiter)
+        for i, row in enumerate(reader):
+            seq = row.get(seq_column)
+            if seq is None:
+                raise ValueError(f"{path}: row {i + 2} has no value in column {seq_column!r}")
+            yield (row[id_column] if id_column else str(i)), seq.strip()
+
+
+def read_bed_sequences(bed: str | Path, fasta: str | Path) -> Iterator[Record]:
+    """Stream the sequences of BED intervals (chrom, start, end[, name, score, strand]) from a FASTA.
+
+    A '-' strand gives the reverse complement. The name is column 4 if present, else chrom:start-end.
+    """
+    from hyenadna.genome import Genome
+
+    bed = Path(bed)
+    genome = Genome(fasta)
+    with _open_text(bed) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            cols = line.rstrip("\r\n").split("\t")
+            if len(cols) < 3:
+                cols = line.split()
+            where = f"{bed}:{number}"
+            if len(cols) < 3:
+                raise ValueError(f"{where}: expected at least 3 columns (chrom, start, end), got {line.strip()!r}")
+            try:
+                start, end = int(cols[1]), int(cols[2])
+            except ValueError:
+                raise ValueError(f"{where}: start and end must be integers, got {cols[1]!r}, {cols[2]!r}") from None
+            if not 0 <= start < end:
+                raise ValueError(f"{where}: need 0 <= start < end, got {start}, {end}")
+            try:
+                seq = genome.fetch(cols[0], start, end)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+            if len(cols) >= 6 and cols[5] == "-":
+                seq = seq.translate(_COMPLEMENT)[::-1]
+            yield (cols[3] if len(cols) >= 4 and cols[3] else f"{cols[0]}:{start}-{end}"), seq
+
+
+_COMPLEMENT = str.maketrans("ACGTNacgtnRYKMSWBDHVrykmswbdhv", "TGCANtgcanYRMKSWVHDByrmkswvhdb")
+
+
+def open_records(path: str | Path, fmt: str | None = None, *, fasta: str | Path | None = None,
+                 seq_column: str = "sequence", id_column: str | None = None) -> Callable[[], Iterator[Record]]:
+    """A re-openable record source for FASTA / CSV / TSV / BED(+fasta) input, by suffix or `fmt`."""
+    path = Path(path)
+    if fmt is None:
+        name = path.name.lower().removesuffix(".gz")
+        suffix = name.rsplit(".", 1)[-1] if "." in name else ""
+        fmt = {"fa": "fasta", "fasta": "fasta", "fna": "fasta", "csv": "csv", "tsv": "csv",
+               "bed": "bed"}.get(suffix)
+        if fmt is None:
+            raise ValueError(f"{path}: cannot tell the format from the name; pass fmt= fasta, csv or bed")
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+    if fmt == "fasta":
+        return lambda: read_fasta(path)
+    if fmt == "csv":
+        return lambda: read_csv_sequences(path, seq_column, id_column)
+    if fmt == "bed":
+        if fasta is None:
+            raise ValueError(f"{path}: BED input needs a reference FASTA (fasta=)")
+        return lambda: read_bed_sequences(path, fasta)
+    raise ValueError(f"unknown input format {fmt!r}; use fasta, csv or bed")
+
+
+# --------------------------------------------------------------------------------------------
+# Batching and the forward pass
+# --------------------------------------------------------------------------------------------
+
+
+def _backbone(model: nn.Module) -> HyenaDNAModel:
+    if isinstance(model, HyenaDNAModel):
+        return model
+    if isinstance(model, (HyenaDNAForCausalLM, HyenaDNAForSequenceClassification)):
+        return model.backbone
+    raise TypeError(f"expected a HyenaDNA model, got {type(model).__name__}")
+
+
+def _autocast(device: torch.device, precision: Precision):  # type: ignore[no-untyped-def]
+    if precision == "fp32":
+        return nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_records(records: Iterable[Record], tokenizer: CharTokenizer, l_max: int,
+                  progress: bool = False) -> tuple[list[str], np.ndarray]:
+    """Validate every record (characters, non-empty, length <= l_max) -> (names, lengths)."""
+    names: list[str] = []
+    lengths: list[int] = []
+    for i, (name, seq) in enumerate(_progress(records, progress, "checking input")):
+        try:
+            n = tokenizer.encode(seq).size
+        except ValueError as err:
+            raise ValueError(f"record {i} ({name!r}): {err}") from None
+        if n == 0:
+            raise ValueError(f"record {i} ({name!r}) is empty")
+        if n > l_max:
+            raise ValueError(f"record {i} ({name!r}) has {n} bases, more than the model's l_max={l_max}; "
+                             "split it into windows of at most l_max bases first")
+        names.append(name)
+        lengths.append(n)
+    if not names:
+        raise ValueError("the input has no sequences")
+    return names, np.asarray(lengths, dtype=np.int64)
+
+
+def _batches(records: Iterable[Record], batch_size: int) -> Iterator[list[Record]]:
+    batch: list[Record] = []
+    for rec in records:
+        batch.append(rec)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _progress(it: Iterable, enabled: bool, desc: str, total: int | None = None) -> Iterable:  # type: ignore[type-arg]
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, total=total, unit="seq", dynamic_ncols=True)
+
+
+def _encode(tokenizer: CharTokenizer, seqs: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+    enc = tokenizer.batch_encode(seqs, padding_side="right")
+    return (torch.from_numpy(enc["input_ids"]).to(device), torch.from_numpy(enc["attention_mask"]).to(device))
+
+
+@torch.inference_mode()
+def hidden_states(model: nn.Module, input_ids: Tensor, precision: Precision = "fp32") -> Tensor:
+    """Final hidden states (B, L, D) in fp32 for (B, L) ids."""
+    with _autocast(input_ids.device, precision):
+        return _backbone(model)(input_ids).float()
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, pooling: Pooling) -> Tensor:
+    """(B, L, D) + right-padding mask (B, L) -> (B, D) for mean/last; (B, L, D) zeroed at padding for 'none'."""
+    if pooling == "none":
+        return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
+    m = attention_mask.to(hidden.dtype)
+    if pooling == "mean":
+        return (hidden * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True)
+    if pooling == "last":
+        last = attention_mask.sum(1).long() - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"pooling must be 'mean', 'last' or 'none', got {pooling!r}")
+
+
+def embed(model: nn.Module, tokenizer: CharTokenizer, seqs: list[str], pooling: Pooling = "mean",
+          batch_size: int = 16, precision: Precision = "fp32") -> Tensor | tuple[Tensor, Tensor]:
+    """In-memory embeddings of a few sequences: (N, D) pooled, or ((N, L, D), mask (N, L)) for 'none'."""
+    device = _device_of(model)
+    _, lengths = check_records([(str(i), s) for i, s in enumerate(seqs)], tokenizer, _backbone(model).config.l_max)
+    model.eval()
+    if pooling != "none":
+        out = []
+        for i in range(0, len(seqs), batch_size):
+            ids, mask = _encode(tokenizer, seqs[i:i + batch_size], device)
+            out.append(pool(hidden_states(model, ids, precision), mask, pooling).cpu())
+        return torch.cat(out)
+    width = int(lengths.max())
+    ids, mask = _encode(tokenizer, seqs, device)
+    hidden = torch.cat([hidden_states(model, ids[i:i + batch_size], precision).cpu()
+                        for i in range(0, len(seqs), batch_size)])
+    return hidden[:, :width], mask[:, :width].cpu().bool()
+
+
+@dataclass
+class EmbeddingSummary:
+    """What `embed_to_file` wrote."""
+
+    n_sequences: int
+    dim: int
+    files: list[Path] = field(default_factory=list)
+
+
+def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[[], Iterable[Record]],
+                  output: str | Path, pooling: Pooling = "mean", batch_size: int = 16,
+                  precision: Precision = "fp32", shard_size: int = 4096, progress: bool = True) -> EmbeddingSummary:
+    """Embed every record of `records()` and stream the results to disk.
+
+    ``output`` ending in ``.npy``: one memory-mapped array, (N, D) pooled or (N, L_max_in, D)
+    per position with ``<stem>.mask.npy`` (N, L) marking real positions; names in
+    ``<stem>.ids.txt``. Any other ``output`` is a directory of ``.pt`` shards of `shard_size`
+    records, each ``{"ids", "embeddings", "attention_mask" (per position only)}``. The input is
+    read twice: once to check it and size the output, once to embed it.
+    """
+    output = Path(output)
+    backbone = _backbone(model)
+    device = _device_of(model)
+    names, lengths = check_records(records(), tokenizer, backbone.config.l_max, progress)
+    n, dim = len(names), backbone.config.d_model
+    model.eval()
+    summary = EmbeddingSummary(n, dim)
+    batches = _progress(_batches(records(), batch_size), progress, "embedding", total=math.ceil(n / batch_size))
+    if output.suffix == ".npy":
+        output.parent.mkdir(parents=True, exist_ok=True)
+        stem = output.with_suffix("")
+        width = int(lengths.max())
+        shape = (n, dim) if pooling != "none" else (n, width, dim)
+        arr = np.lib.format.open_memmap(output, mode="w+", dtype=np.float32, shape=shape)
+        mask_arr = None
+        if pooling == "none":
+            mask_arr = np.lib.format.open_memmap(f"{stem}.mask.npy", mode="w+", dtype=np.bool_, shape=(n, width))
+        row = 0
+        for batch in batches:
+            ids, mask = _encode(tokenizer, [s for _, s in batch], device)
+            vec = pool(hidden_states(model, ids, precision), mask, pooling).cpu().numpy()
+            if pooling == "none":
+                arr[row:row + len(batch), : vec.shape[1]] = vec
+                arr[row:row + len(batch), vec.shape[1]:] = 0
+                mask_arr[row:row + len(batch)] = False
+                mask_arr[row:row + len(batch), : vec.shape[1]] = mask.cpu().numpy().astype(bool)
+            else:
+                arr[row:row + len(batch)] = vec
+            row += len(batch)
+        arr.flush()
+        summary.files.append(output)
+        if mask_arr is not None:
+            mask_arr.flush()
+            summary.files.append(Path(f"{stem}.mask.npy"))
+        ids_path = Path(f"{stem}.ids.txt")
+        ids_path.write_text("".join(name + "\n" for name in names))
+        summary.files.append(ids_path)
+        return summary
+    output.mkdir(parents=True, exist_ok=True)
+    pending: list[tuple[list[str], Tensor, Tensor]] = []
+    count, shard = 0, 0
+
+    def flush() -> None:
+        nonlocal pending, count, shard
+        if not pending:
+            return
+        ids_list = [name for names_b, _, _ in pending for name in names_b]
+        if pooling == "none":
+            width = max(h.shape[1] for _, h, _ in pending)
+            emb = torch.cat([F.pad(h, (0, 0, 0, width - h.shape[1])) for _, h, _ in pending])
+            msk = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, _, m in pending])
+            payload = {"ids": ids_list, "embeddings": emb, "attention_mask": msk}
+        else:
+            payload = {"ids": ids_list, "embeddings": torch.cat([h for _, h, _ in pending])}
+        path = output / f"shard-{shard:05d}.pt"
+        torch.save(payload, path)
+        summary.files.append(path)
+        pending, count, shard = [], 0, shard + 1
+
+    for batch in batches:
+        ids, mask = _encode(tokenizer, [s for _, s in batch], device)
+        vec = pool(hidden_states(model, ids, precision), mask, pooling).cpu()
+        pending.append(([name for name, _ in batch], vec, mask.cpu().bool()))
+        count += len(batch)
+        if count >= shard_size:
+            flush()
+    flush()
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+
+def _lm(model: nn.Module) -> HyenaDNAForCausalLM:
+    if not isinstance(model, HyenaDNAForCausalLM):
+        raise TypeError(f"scoring and generation need a HyenaDNAForCausalLM (an LM head), got {type(model).__name__}")
+    return model
+
+
+@torch.inference_mode()
+def token_log_probs(model: HyenaDNAForCausalLM, input_ids: Tensor, precision: Precision = "fp32") -> Tensor:
+    """log p(x_t | x_<t) for t = 1..L-1: (B, L-1) in fp32 (softmax over the full vocabulary)."""
+    with _autocast(input_ids.device, precision):
+        logits = _lm(model)(input_ids).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, input_ids[:, 1:, None].long()).squeeze(-1)
+
+
+@dataclass
+class SequenceScore:
+    """Log-likelihood of one sequence; the first base has no context and is not scored."""
+
+    name: str
+    length: int
+    n_scored: int
+    log_likelihood: float  # natural log, summed over bases 2..L
+
+    @property
+    def perplexity(self) -> float:
+        """exp(-mean log-likelihood per scored base)."""
+        return math.exp(-self.log_likelihood / self.n_scored) if self.n_scored else float("nan")
+
+
+def score_sequences(model: nn.Module, tokenizer: CharTokenizer, records: Iterable[Record],
+                    batch_size: int = 16, precision: Precision = "fp32", progress: bool = False) -> Iterator[SequenceScore]:
+    """Per-sequence log-likelihood and perplexity under the LM, batched with right padding."""
+    lm = _lm(model).eval()
+    device = _device_of(lm)
+    l_max = lm.config.l_max
+    for batch in _progress(_batches(records, batch_size), progress, "scoring"):
+        for name, seq in batch:
+            if len(seq) > l_max:
+                raise ValueError(f"record {name!r} has {len(seq)} bases, more than l_max={l_max}")
+        ids, mask = _encode(tokenizer, [s for _, s in batch], device)
+        lp = token_log_probs(lm, ids, precision) * mask[:, 1:]
+        for (name, _), total, n in zip(batch, lp.sum(1).tolist(), mask.sum(1).tolist()):
+            yield SequenceScore(name, int(n), int(n) - 1, float(total))
+
+
+# --------------------------------------------------------------------------------------------
+# Variant effects
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One SNV from a VCF line (POS is 1-based, as in the VCF)."""
+
+    chrom: str
+    pos: int
+    id: str
+    ref: str
+    alt: str
+    line: int
+
+
+@dataclass
+class VariantScore:
+    """LLR = log P(alt window) - log P(ref window); > 0 means the model prefers the alt allele."""
+
+    variant: Variant
+    llr: float
+    llr_forward: float
+    llr_reverse: float | None = None
+
+
+@dataclass
+class VepResult:
+    """Scores plus every skipped record with its reason."""
+
+    scores: list[VariantScore]
+    skipped: list[tuple[Variant | None, int, str]]  # (variant if parsed, VCF line, reason)
+
+    def skip_counts(self) -> Counter:  # type: ignore[type-arg]
+        """Number of skipped records per reason category."""
+        return Counter(reason.split(":")[0] for _, _, reason in self.skipped)
+
+
+_BASES = set("ACGT")
+
+
+def read_vcf(path: str | Path) -> Iterator[tuple[Variant | None, int, str | None]]:
+    """Stream (variant, line, skip reason) per ALT allele; reason is None for a usable SNV."""
+    path = Path(path)
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if line.startswith("#") or not line.strip():
+                continue
+            cols = line.rstrip("\r\n").split("\t")
+            if len(cols) < 5:
+                yield None, number, f"malformed: {len(cols)} columns, need CHROM POS ID REF ALT"
+                continue
+            chrom, pos_text, vid, ref, alts = cols[:5]
+            try:
+                pos = int(pos_text)
+            except ValueError:
+                yield None, number, f"malformed: POS {pos_text!r} is not an integer"
+                continue
+            for alt in alts.split(","):
+                v = Variant(chrom, pos, vid, ref.upper(), alt.upper(), number)
+                if len(v.ref) != 1 or len(v.alt) != 1 or v.ref not in _BASES or v.alt not in _BASES:
+                    yield v, number, f"not an SNV: REF={ref} ALT={alt}"
+                elif v.ref == v.alt:
+                    yield v, number, "not an SNV: ALT equals REF"
+                else:
+                    yield v, number, None
+
+
+def variant_effects(model: nn.Module, tokenizer: CharTokenizer, vcf: str | Path, fasta: str | Path,
+                    window: int = 1024, reverse_complement: bool = False, batch_size: int = 16,
+                    precision: Precision = "fp32", progress: bool = False) -> VepResult:
+    """Score every SNV of `vcf` against `fasta` by the LLR over a window centred on it.
+
+    The window holds `window` reference bases [pos0 - window//2, pos0 - window//2 + window);
+    the alt window differs at one base. Only bases from the variant onwards differ in
+    likelihood (the model is causal), so the sum runs over those. With `reverse_complement`
+    the LLR is the mean of both strands. REF mismatches, non-SNVs, unknown chromosomes and
+    windows that would cross a chromosome end are skipped and reported, never dropped silently.
+    """
+    from hyenadna.genome import Genome
+
+    lm = _lm(model).eval()
+    if not 2 <= window <= lm.config.l_max:
+        raise ValueError(f"window must be in [2, l_max={lm.config.l_max}], got {window}")
+    genome = Genome(fasta)
+    device = _device_of(lm)
+    half = window // 2
+    result = VepResult([], [])
+    todo: list[tuple[Variant, str]] = []
+    for v, line, reason in read_vcf(vcf):
+        if reason is not None:
+            result.skipped.append((v, line, reason))
+            continue
+        assert v is not None
+        length = genome.chrom_lengths.get(v.chrom)
+        if length is None:
+            result.skipped.append((v, line, f"unknown chromosome: {v.chrom!r} is not in {fasta}"))
+            continue
+        pos0 = v.pos - 1
+        if not 0 <= pos0 < length:
+            result.skipped.append((v, line, f"outside chromosome: POS {v.pos} but {v.chrom} has {length} bases"))
+            continue
+        start = pos0 - half
+        if start < 0 or start + window > length:
+            result.skipped.append((v, line, f"near chromosome end: window [{start}, {start + window}) "
+                                            f"does not fit in {v.chrom} (length {length})"))
+            continue
+        seq = genome.fetch(v.chrom, start, start + window).upper()
+        if seq[half] != v.ref:
+            result.skipped.append((v, line, f"REF mismatch: VCF REF={v.ref} but the FASTA has {seq[half]}"))
+            continue
+        todo.append((v, seq))
+
+    for batch in _progress(_batches(todo, batch_size), progress, "variants"):
+        refs = [seq for _, seq in batch]
+        alts = [seq[:half] + v.alt + seq[half + 1:] for v, seq in batch]
+        fwd = _llr(lm, tokenizer, refs, alts, half, device, precision)
+        rev = None
+        if reverse_complement:
+            rc = lambda s: s.translate(_COMPLEMENT)[::-1]  # noqa: E731
+            rev = _llr(lm, tokenizer, [rc(s) for s in refs], [rc(s) for s in alts], window - 1 - half,
+                       device, precision)
+        for i, (v, _) in enumerate(batch):
+            f = float(fwd[i])
+            r = None if rev is None else float(rev[i])
+            result.scores.append(VariantScore(v, f if r is None else (f + r) / 2, f, r))
+    return result
+
+
+def _llr(lm: HyenaDNAForCausalLM, tokenizer: CharTokenizer, refs: list[str], alts: list[str], offset: int,
+         device: torch.device, precision: Precision) -> Tensor:
+    ids, _ = _encode(tokenizer, refs + alts, device)
+    # lp[:, j] predicts token j+1; a variant at 0 has no context, so its successors are summed
+    lp = token_log_probs(lm, ids, precision)[:, max(offset - 1, 0):]
+    total = lp.sum(1)
+    n = len(refs)
+    return (total[n:] - total[:n]).cpu()
+
+
+def write_vep_tsv(result: VepResult, path: str | Path) -> Path:
+    """Write scores to `path` (TSV keyed by chrom/pos/id/ref/alt) and skips to <stem>.skipped.tsv."""
+    path = Path(path)
+    with open(path, "w") as f:
+        f.write("chrom\tpos\tid\tref\talt\tllr\tllr_forward\tllr_reverse\n")
+        for s in result.scores:
+            v = s.variant
+            rev = "" if s.llr_reverse is None else f"{s.llr_reverse:.6g}"
+            f.write(f"{v.chrom}\t{v.pos}\t{v.id}\t{v.ref}\t{v.alt}\t{s.llr:.6g}\t{s.llr_forward:.6g}\t{rev}\n")
+    skipped = path.with_name(path.stem + ".skipped.tsv")
+    with open(skipped, "w") as f:
+        f.write("vcf_line\tchrom\tpos\tid\tref\talt\treason\n")
+        for v, line, reason in result.skipped:
+            cols = [v.chrom, str(v.pos), v.id, v.ref, v.alt] if v else [""] * 5
+            f.write("\t".join([str(line), *cols, reason]) + "\n")
+    return skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+
+def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> Tensor:
+    """Temperature, top-k and nucleus (top-p) filtering of (N, V) logits; removed entries are -inf."""
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (use top_k=1 for greedy decoding)")
+    logits = logits.float() / temperature
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the best one always stays).
+        drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.inference_mode()
+def generate(model: nn.Module, tokenizer: CharTokenizer, prompt: str, max_new_tokens: int,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None, num_samples: int = 1, alphabet: str = "ACGT",
+             precision: Precision = "fp32") -> list[str]:
+    """Sample `num_samples` continuations of `prompt` (the continuation only is returned).
+
+    Only the letters of `alphabet` can be sampled (never special or padding tokens). Each step
+    re-runs the model on the whole prefix: exact, O(L log L) per token.
+    """
+    lm = _lm(model).eval()
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    prompt_ids = tokenizer.encode(prompt)
+    if prompt_ids.size == 0:
+        raise ValueError("the prompt is empty; give at least one base")
+    total = prompt_ids.size + max_new_tokens
+    if total > lm.config.l_max:
+        raise ValueError(f"prompt ({prompt_ids.size}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+                         f"the model's l_max={lm.config.l_max}")
+    device = _device_of(lm)
+    allowed = torch.as_tensor(tokenizer.encode(alphabet), device=device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+    ids = torch.as_tensor(prompt_ids, device=device).repeat(num_samples, 1)
+    for _ in range(max_new_tokens):
+        with _autocast(device, precision):
+            logits = lm(ids).logits[:, -1]
+        scores = filter_logits(logits[:, allowed], temperature, top_k, top_p)
+        choice = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)
+        ids = torch.cat([ids, allowed[choice]], dim=1)
+    return [tokenizer.decode(row[prompt_ids.size:].cpu().numpy()) for row in ids]

@@ -1,0 +1,228 @@
+"""Embeddings, scoring, variant effects and generation on a tiny random model."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hyenadna.inference import (
+    embed,
+    embed_to_file,
+    filter_logits,
+    generate,
+    hidden_states,
+    open_records,
+    score_sequences,
+    variant_effects,
+    write_vep_tsv,
+)
+from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
+from hyenadna.tokenizer import CharTokenizer
+
+TOK = CharTokenizer()
+
+
+@pytest.fixture(scope="module")
+def lm() -> HyenaDNAForCausalLM:
+    torch.manual_seed(0)
+    m = HyenaDNAForCausalLM(HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=130, filter_order=8)).eval()
+    with torch.no_grad():  # larger weights so that outputs depend visibly on the input
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return m
+
+
+def rand_seq(n: int, rng: random.Random) -> str:
+    return "".join(rng.choice("ACGT") for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def seqs() -> list[str]:
+    rng = random.Random(0)
+    return [rand_seq(n, rng) for n in (40, 7, 100, 1, 63)]
+
+
+def single_hidden(lm, seq: str) -> torch.Tensor:
+    return hidden_states(lm, torch.as_tensor(TOK.encode(seq))[None])[0]
+
+
+# ------------------------------------------------------------------------------- embeddings
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_right_padded_batches_equal_unpadded_sequences(lm, seqs, pooling) -> None:
+    batched = embed(lm, TOK, seqs, pooling=pooling, batch_size=5)
+    for i, s in enumerate(seqs):
+        h = single_hidden(lm, s)
+        ref = h.mean(0) if pooling == "mean" else h[-1]
+        torch.testing.assert_close(batched[i], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padding_changes_a_causal_model_so_it_is_not_used(lm, seqs) -> None:
+    # Documents why embeddings pad on the right: pad tokens in front of a sequence are context.
+    enc = TOK.batch_encode(seqs[:2], padding_side="left")
+    h = hidden_states(lm, torch.as_tensor(enc["input_ids"]))
+    mask = torch.as_tensor(enc["attention_mask"]).bool()
+    left_mean = h[1][mask[1]].mean(0)
+    assert (left_mean - single_hidden(lm, seqs[1]).mean(0)).abs().max() > 1e-3
+
+
+def test_per_position_embeddings_come_with_a_mask(lm, seqs) -> None:
+    hidden, mask = embed(lm, TOK, seqs, pooling="none", batch_size=2)
+    assert hidden.shape == (len(seqs), 100, 16) and mask.sum(1).tolist() == [len(s) for s in seqs]
+    for i, s in enumerate(seqs):
+        torch.testing.assert_close(hidden[i, : len(s)], single_hidden(lm, s), atol=1e-5, rtol=1e-5)
+
+
+def write_fasta(path, records, width: int = 30) -> None:
+    wrap = lambda s: "".join(s[i:i + width] + "\n" for i in range(0, len(s), width))  # noqa: E731
+    path.write_text("".join(f">{n} some description\n{wrap(s)}" for n, s in records))
+
+
+def test_embed_to_file_npy_and_pt_shards_from_fasta_and_csv(lm, seqs, tmp_path) -> None:
+    records = [(f"s{i}", s) for i, s in enumerate(seqs)]
+    write_fasta(tmp_path / "in.fa", records)
+    (tmp_path / "in.csv").write_text("name,sequence\n" + "".join(f"{n},{s}\n" for n, s in records))
+    expected = embed(lm, TOK, seqs, pooling="mean")
+    for src in (open_records(tmp_path / "in.fa"), open_records(tmp_path / "in.csv", id_column="name")):
+        out = embed_to_file(lm, TOK, src, tmp_path / "emb.npy", batch_size=2, progress=False)
+        arr = np.load(tmp_path / "emb.npy")
+        np.testing.assert_allclose(arr, expected.numpy(), atol=1e-5)
+        assert (tmp_path / "emb.ids.txt").read_text().split() == [n for n, _ in records]
+        assert out.n_sequences == len(seqs)
+    per_pos = embed_to_file(lm, TOK, open_records(tmp_path / "in.fa"), tmp_path / "pp.npy", pooling="none",
+                            batch_size=2, progress=False)
+    arr, mask = np.load(tmp_path / "pp.npy"), np.load(tmp_path / "pp.mask.npy")
+    assert arr.shape == (5, 100, 16) and mask.sum(1).tolist() == [len(s) for s in seqs]
+    assert np.all(arr[~mask] == 0)
+    np.testing.assert_allclose(arr[2, :100], single_hidden(lm, seqs[2]).numpy(), atol=1e-5)
+    assert len(per_pos.files) == 3
+    shards = embed_to_file(lm, TOK, open_records(tmp_path / "in.fa"), tmp_path / "shards", pooling="last",
+                           batch_size=2, shard_size=3, progress=False)
+    assert [p.name for p in shards.files] == ["shard-00000.pt", "shard-00001.pt"]
+    parts = [torch.load(p, weights_only=True) for p in shards.files]
+    assert sum((p["ids"] for p in parts), []) == [n for n, _ in records]
+    torch.testing.assert_close(torch.cat([p["embeddings"] for p in parts]),
+                               embed(lm, TOK, seqs, pooling="last"), atol=1e-5, rtol=1e-5)
+
+
+def test_bed_input_reads_intervals_and_reverse_complements_minus_strand(lm, tmp_path) -> None:
+    rng = random.Random(1)
+    chrom = rand_seq(200, rng)
+    write_fasta(tmp_path / "ref.fa", [("chr1", chrom)])
+    (tmp_path / "x.bed").write_text("chr1\t10\t50\tpeak1\t0\t+\nchr1\t10\t50\tpeak1rc\t0\t-\nchr1\t100\t120\n")
+    recs = list(open_records(tmp_path / "x.bed", fasta=tmp_path / "ref.fa")())
+    rc = chrom[10:50].translate(str.maketrans("ACGT", "TGCA"))[::-1]
+    assert recs == [("peak1", chrom[10:50]), ("peak1rc", rc), ("chr1:100-120", chrom[100:120])]
+
+
+def test_too_long_or_invalid_records_fail_before_any_output(lm, tmp_path) -> None:
+    write_fasta(tmp_path / "in.fa", [("ok", "ACGT"), ("huge", "A" * 131)])
+    with pytest.raises(ValueError, match=r"record 1 \('huge'\) has 131 bases, more than the model's l_max=130"):
+        embed_to_file(lm, TOK, open_records(tmp_path / "in.fa"), tmp_path / "o.npy", progress=False)
+    assert not (tmp_path / "o.npy").exists()
+    write_fasta(tmp_path / "bad.fa", [("ok", "ACGT"), ("digits", "AC1T")])
+    with pytest.raises(ValueError, match=r"record 1 \('digits'\).*position 2"):
+        embed_to_file(lm, TOK, open_records(tmp_path / "bad.fa"), tmp_path / "o.npy", progress=False)
+
+
+# ------------------------------------------------------------------------------- scoring
+
+
+def test_log_likelihood_matches_a_direct_computation(lm, seqs) -> None:
+    scores = list(score_sequences(lm, TOK, [(str(i), s) for i, s in enumerate(seqs)], batch_size=3))
+    for sc, s in zip(scores, seqs):
+        ids = torch.as_tensor(TOK.encode(s))
+        logp = torch.log_softmax(lm(ids[None]).logits[0].float(), -1)
+        ll = sum(logp[t - 1, ids[t]].item() for t in range(1, len(s)))
+        assert sc.n_scored == len(s) - 1
+        assert sc.log_likelihood == pytest.approx(ll, abs=1e-3)
+        if sc.n_scored:
+            assert sc.perplexity == pytest.approx(np.exp(-ll / (len(s) - 1)), rel=1e-4)
+
+
+# ------------------------------------------------------------------------------- variant effects
+
+
+def full_window_llr(lm, ref: str, alt: str) -> float:
+    def ll(s: str) -> float:
+        ids = torch.as_tensor(TOK.encode(s))
+        logp = torch.log_softmax(lm(ids[None]).logits[0].float(), -1)
+        return sum(logp[t - 1, ids[t]].item() for t in range(1, len(s)))
+    return ll(alt) - ll(ref)
+
+
+def test_vep_scores_snvs_and_reports_every_skipped_record(lm, tmp_path) -> None:
+    rng = random.Random(2)
+    chr1, chr2 = rand_seq(300, rng), rand_seq(80, rng)
+    chr1 = chr1[:150] + "a" + chr1[151:]  # a soft-masked base is still a base
+    write_fasta(tmp_path / "ref.fa", [("chr1", chr1), ("chr2", chr2)])
+    other = {"A": "G", "C": "T", "G": "A", "T": "C"}
+    good = chr1[100].upper()
+    lines = [
+        f"chr1\t101\trs1\t{good}\t{other[good]}",                  # SNV
+        f"chr1\t151\trs2\tA\tC,G",                                 # multi-allelic SNVs, lowercase FASTA base
+        f"chr1\t121\tbadref\t{other[chr1[120]]}\t{chr1[120]}",        # REF disagrees with the FASTA
+        f"chr1\t50\tindel\t{chr1[49]}\t{chr1[49]}T",               # not an SNV
+        f"chr1\t300\tend\t{chr1[299]}\t{other[chr1[299]]}",        # last base: window would cross the end
+        f"chr2\t40\tshortchr\t{chr2[39]}\t{other[chr2[39]]}",      # chromosome shorter than the window
+        "chrUn\t10\tnochrom\tA\tC",
+        "chr1\tten\tmalformed\tA\tC",
+    ]
+    (tmp_path / "v.vcf").write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n" + "\n".join(lines) + "\n")
+    window = 120
+    res = variant_effects(lm, TOK, tmp_path / "v.vcf", tmp_path / "ref.fa", window=window, reverse_complement=True,
+                          batch_size=2)
+    assert [(s.variant.id, s.variant.alt) for s in res.scores] == [("rs1", other[good]), ("rs2", "C"), ("rs2", "G")]
+    assert res.skip_counts() == {"REF mismatch": 1, "not an SNV": 1, "near chromosome end": 2,
+                                 "unknown chromosome": 1, "malformed": 1}
+    comp = str.maketrans("ACGT", "TGCA")
+    for s in res.scores:
+        p0 = s.variant.pos - 1
+        ref = chr1[p0 - window // 2: p0 - window // 2 + window].upper()
+        alt = ref[: window // 2] + s.variant.alt + ref[window // 2 + 1:]
+        fwd = full_window_llr(lm, ref, alt)
+        rev = full_window_llr(lm, ref.translate(comp)[::-1], alt.translate(comp)[::-1])
+        assert s.llr_forward == pytest.approx(fwd, abs=2e-3)
+        assert s.llr_reverse == pytest.approx(rev, abs=2e-3)
+        assert s.llr == pytest.approx((fwd + rev) / 2, abs=2e-3)
+    skipped = write_vep_tsv(res, tmp_path / "out.tsv")
+    rows = (tmp_path / "out.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:6] == ["chrom", "pos", "id", "ref", "alt", "llr"] and len(rows) == 4
+    assert len(skipped.read_text().splitlines()) == 1 + 6
+    with pytest.raises(ValueError, match="window must be in"):
+        variant_effects(lm, TOK, tmp_path / "v.vcf", tmp_path / "ref.fa", window=131)
+
+
+# ------------------------------------------------------------------------------- generation
+
+
+def test_generation_is_reproducible_and_top_k_1_is_greedy(lm) -> None:
+    a = generate(lm, TOK, "ACGTTGCA", 20, seed=7, num_samples=3)
+    assert a == generate(lm, TOK, "ACGTTGCA", 20, seed=7, num_samples=3)
+    assert a != generate(lm, TOK, "ACGTTGCA", 20, seed=8, num_samples=3)
+    assert all(len(s) == 20 and set(s) <= set("ACGT") for s in a)
+    ids = torch.as_tensor(TOK.encode("ACGTTGCA"))[None]
+    acgt = torch.as_tensor(TOK.encode("ACGT"))
+    for _ in range(20):
+        nxt = acgt[lm(ids).logits[0, -1, acgt].argmax()]
+        ids = torch.cat([ids, nxt.view(1, 1)], 1)
+    greedy = TOK.decode(ids[0, 8:].numpy())
+    assert generate(lm, TOK, "ACGTTGCA", 20, top_k=1, seed=1) == [greedy]
+    assert generate(lm, TOK, "ACGTTGCA", 20, top_p=1e-6, seed=2) == [greedy]
+    with pytest.raises(ValueError, match="exceeds the model's l_max=130"):
+        generate(lm, TOK, "ACGT", 127)
+
+
+def test_filter_logits_keeps_the_right_tokens() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(filter_logits(logits, top_k=2)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.8)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.81)).tolist() == [[True, True, True, False]]
+    sharp = torch.softmax(filter_logits(logits, temperature=0.1), -1)
+    assert sharp[0, 0] > 0.99
+    with pytest.raises(ValueError, match="temperature"):
+        filter_logits(logits, temperature=0)
