@@ -612,6 +612,19 @@ class HyenaDNAForCausalLM(nn.Module):
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().long(), ignore_index=ignore_index)
         return HyenaOutput(logits=logits, loss=loss, hidden_states=hidden if output_hidden_states else None)
 
+    def save_pretrained(self, directory: Any, tokenizer: Any = None) -> Any:
+        """Write config.json + model.safetensors + tokenizer.json to `directory` (hyenadna.checkpoint)."""
+        from hyenadna.checkpoint import save_pretrained  # lazy: checkpoint imports this module
+
+        return save_pretrained(self, directory, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: Any, **kwargs: Any) -> HyenaDNAForCausalLM:
+        """Load any supported checkpoint as a language model (see hyenadna.load_pretrained)."""
+        from hyenadna.checkpoint import load_pretrained
+
+        return load_pretrained(path, task="causal_lm", **kwargs)
+
 
 def pool_hidden(hidden: Tensor, mode: PoolingMode, attention_mask: Tensor | None = None) -> Tensor:
     """Pool (B, L, D) -> (B, D) over real tokens only.
@@ -676,3 +689,16 @@ class HyenaDNAForSequenceClassification(nn.Module):
             else:
                 loss = F.mse_loss(logits.float(), labels.float().view_as(logits))
         return HyenaOutput(logits=logits, loss=loss, hidden_states=hidden if output_hidden_states else None)
+
+    def save_pretrained(self, directory: Any, tokenizer: Any = None) -> Any:
+        """Write config.json + model.safetensors + tokenizer.json to `directory` (hyenadna.checkpoint)."""
+        from hyenadna.checkpoint import save_pretrained  # lazy: checkpoint imports this module
+
+        return save_pretrained(self, directory, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: Any, **kwargs: Any) -> HyenaDNAForSequenceClassification:
+        """Load any supported checkpoint as a classifier; num_labels= puts a new head on an LM backbone."""
+        from hyenadna.checkpoint import load_pretrained
+
+        return load_pretrained(path, task="classification", **kwargs)
