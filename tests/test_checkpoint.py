@@ -368,3 +368,13 @@ def test_lightning_checkpoint_without_a_config_asks_for_one(tmp_path, model) -> 
     with pytest.raises(ValueError, match="pass config="):
         load_pretrained(f)
     assert load_pretrained(f, config=CFG).config == CFG
+
+
+def test_head_classes_save_and_load_through_their_methods(model, ids, tmp_path) -> None:
+    model.save_pretrained(tmp_path / "lm")
+    assert torch.equal(logits(HyenaDNAForCausalLM.from_pretrained(tmp_path / "lm"), ids), logits(model, ids))
+    clf = HyenaDNAForSequenceClassification.from_pretrained(tmp_path / "lm", num_labels=4, pooling="mean")
+    assert isinstance(clf, HyenaDNAForSequenceClassification) and clf.num_labels == 4
+    clf.save_pretrained(tmp_path / "clf")
+    assert torch.equal(logits(HyenaDNAForSequenceClassification.from_pretrained(tmp_path / "clf"), ids),
+                       logits(clf, ids))
