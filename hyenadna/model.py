@@ -220,6 +220,58 @@ class _FFTConvFn(torch.autograd.Function):
         return grad_u, grad_k, grad_bias
 
 
+def _shifted_taps(x: Tensor, taps: Tensor, init: Tensor, reverse: bool = False) -> Tensor:
+    """init + sum_j taps[:, j] * x shifted right by k-1-j (left, i.e. looking ahead, if reverse).
+
+    x: (B, C, L), taps: (C, k), init broadcastable to x. One multiply-add pass per tap over
+    slices, with no padded copy.
+    """
+    k, seqlen = taps.shape[-1], x.shape[-1]
+    y = torch.addcmul(init, x, taps[:, k - 1:k])
+    for lag in range(1, min(k, seqlen)):
+        w = taps[:, k - 1 - lag:k - lag]
+        if reverse:
+            y[..., :seqlen - lag].addcmul_(x[..., lag:], w)
+        else:
+            y[..., lag:].addcmul_(x[..., :seqlen - lag], w)
+    return y
+
+
+class _ShortConvFn(torch.autograd.Function):
+    """Causal depthwise convolution y_t = b + sum_j w_j x_{t-k+1+j} as k shifted multiply-adds.
+
+    Same result as the module's `nn.Conv1d` (padding k-1, first L outputs), about 10x faster on
+    CPU than oneDNN's depthwise kernel at k = 3, whose backward was the largest single op of
+    the operator at 1k in the profile. The input gradient is the same sum looking ahead; the
+    weight gradient is k dot products per channel.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        return _shifted_taps(x, weight[:, 0], bias.unsqueeze(-1))
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        taps, seqlen = weight.shape[-1], x.shape[-1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _shifted_taps(grad_y, weight[:, 0], torch.zeros((), dtype=grad_y.dtype), reverse=True)
+        if ctx.needs_input_grad[1]:
+            cols = []
+            for j in range(taps):
+                lag = taps - 1 - j  # tap j multiplies x_{t - lag}
+                if lag >= seqlen:
+                    cols.append(grad_y.new_zeros(x.shape[1]))
+                else:
+                    cols.append((grad_y[..., lag:] * x[..., :seqlen - lag]).sum((0, 2)))
+            grad_w = torch.stack(cols, dim=-1).unsqueeze(1)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_y.sum((0, 2))
+        return grad_x, grad_w, grad_b
+
+
 def fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
     """Causal long convolution y_t = sum_{s<=t} k_s u_{t-s} + bias * u_t, via FFT.
 
@@ -401,7 +453,7 @@ class HyenaOperator(nn.Module):
             raise ValueError(f"input length {seqlen} exceeds l_max={self.l_max}: the implicit filter is "
                              f"defined only up to l_max (build the model with a larger l_max)")
         x = _linear_channels_first(self.in_proj, u)  # (B, (O+1) D, L)
-        x = self.short_filter(x)[..., :seqlen]
+        x = _ShortConvFn.apply(x, self.short_filter.weight, self.short_filter.bias)
         *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
         k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
