@@ -285,6 +285,26 @@ def fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
     return y.to(u.dtype)
 
 
+def fftconv_inference(u: Tensor, k_f: Tensor, bias: Tensor, max_elements: int = 1 << 24) -> Tensor:
+    """`fftconv` without autograd, from the filter's spectrum k_f = rfft(k, fft_size(L)) (D, n // 2 + 1),
+    in channel chunks of at most `max_elements` padded values, so a 1M-token forward never holds
+    the whole (B, D, n) spectrum: channels are independent, so the result is the same.
+    """
+    seqlen, d = u.shape[-1], u.shape[-2]
+    n = fft_size(seqlen)
+    if k_f.shape != (d, n // 2 + 1):
+        raise ValueError(f"filter spectrum has shape {tuple(k_f.shape)}, expected {(d, n // 2 + 1)} for L={seqlen}")
+    batch = u.numel() // (d * seqlen)
+    step = max(1, max_elements // max(1, batch * n))
+    y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        for c in range(0, d, step):
+            uc = u[..., c:c + step, :].float()
+            yc = torch.fft.irfft(torch.fft.rfft(uc, n=n) * k_f[c:c + step], n=n)[..., :seqlen]
+            y[..., c:c + step, :] = torch.addcmul(yc, uc, bias[c:c + step].float().unsqueeze(-1))
+    return y.to(u.dtype)
+
+
 def fftconv_ref(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
     """O(L^2) direct causal convolution; same contract as `fftconv`, for tests only."""
     seqlen = u.shape[-1]
@@ -404,6 +424,29 @@ class HyenaFilter(nn.Module):
         layers.append(nn.Linear(filter_order, d, bias=False))
         self.implicit_filter = nn.Sequential(*layers)
         self.modulation = ExponentialModulation(d, fast_decay_pct, slow_decay_pct, decay_target, shift, modulate)
+        # (key, rfft of the filter) of the last inference call; see `spectrum`. Not state.
+        self._spectrum_cache: tuple[tuple[Any, ...], Tensor] | None = None
+
+    def train(self, mode: bool = True) -> HyenaFilter:
+        """Switch mode; any cached spectrum is dropped (training will change the parameters)."""
+        self._spectrum_cache = None
+        return super().train(mode)
+
+    def spectrum(self, seqlen: int) -> Tensor:
+        """rfft of the filter at `fft_size(seqlen)` points: (D, n // 2 + 1) complex64, for inference.
+
+        In eval mode it is computed once and reused while the parameters stay the same: the
+        cache key holds every parameter's identity, storage, device and version counter, which
+        in-place updates (optimizer steps, load_state_dict) bump. One entry, the last length.
+        """
+        n = fft_size(seqlen)
+        if self.training:
+            return torch.fft.rfft(self.filter(seqlen), n=n)
+        key = (seqlen, n, *((id(p), p.data_ptr(), p.device, p.dtype, p._version) for p in self.parameters()))
+        if self._spectrum_cache is None or self._spectrum_cache[0] != key:
+            self._spectrum_cache = None  # free the old spectrum before building the new one
+            self._spectrum_cache = (key, torch.fft.rfft(self.filter(seqlen), n=n))
+        return self._spectrum_cache[1]
 
     def filter(self, seqlen: int) -> Tensor:
         """The long filter for the first `seqlen` positions: (D, L) in fp32.
@@ -440,6 +483,9 @@ class HyenaOperator(nn.Module):
                                       padding=short_filter_order - 1)
         self.filter_fn = HyenaFilter(d_model * (order - 1), l_max, **filter_args)
         self.dropout = nn.Dropout(dropout)
+        # Without grad, the long conv runs in channel chunks of at most this many padded values
+        # (fp32: 64 MB): bounded memory at 1M tokens, same result (channels are independent).
+        self.inference_chunk_elements = 1 << 24
 
     def forward(self, u: Tensor) -> Tensor:
         """u (B, L, D) -> (B, L, D).
@@ -455,11 +501,18 @@ class HyenaOperator(nn.Module):
         x = _linear_channels_first(self.in_proj, u)  # (B, (O+1) D, L)
         x = _ShortConvFn.apply(x, self.short_filter.weight, self.short_filter.bias)
         *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
-        k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
-        for o, gate in enumerate(reversed(gates[1:])):
-            v = self.dropout(v * gate)
-            v = fftconv(v, k[o], bias[o])
+        if torch.is_grad_enabled():
+            k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
+            for o, gate in enumerate(reversed(gates[1:])):
+                v = self.dropout(v * gate)
+                v = fftconv(v, k[o], bias[o])
+        else:
+            # Inference: the filter spectrum is cached in eval mode, the conv runs in channel chunks.
+            k_f = rearrange(self.filter_fn.spectrum(seqlen), "(o d) f -> o d f", o=self.order - 1)
+            for o, gate in enumerate(reversed(gates[1:])):
+                v = self.dropout(v * gate)
+                v = fftconv_inference(v, k_f[o], bias[o], self.inference_chunk_elements)
         y = v * gates[0]
         return _linear_channels_last(self.out_proj, y)
 
@@ -518,6 +571,8 @@ class Block(nn.Module):
         self.mlp = Mlp(d_model, d_inner)
         self.dropout = nn.Dropout(resid_dropout)
         self.residual_in_fp32 = residual_in_fp32
+        # Without grad, the MLP runs over at most this many tokens (batch x positions) at a time.
+        self.inference_chunk_tokens = 1 << 16
 
     def forward(self, residual: Tensor) -> Tensor:
         """residual (B, L, D) -> (B, L, D); kept in fp32 when residual_in_fp32."""
@@ -525,7 +580,14 @@ class Block(nn.Module):
             residual = residual.float()
         dtype = self.norm1.weight.dtype
         residual = residual + self.dropout(self.mixer(self.norm1(residual.to(dtype))))
-        residual = residual + self.dropout(self.mlp(self.norm2(residual.to(dtype))))
+        if torch.is_grad_enabled():
+            return residual + self.dropout(self.mlp(self.norm2(residual.to(dtype))))
+        # Inference: the MLP is per position, so run it over slices of the sequence; its (B, L, I)
+        # hidden activation is the widest tensor of the block (2 GB at 1M tokens, fp32, I = 512).
+        step = max(1, self.inference_chunk_tokens // residual.shape[0])
+        for s in range(0, residual.shape[1], step):
+            chunk = residual[:, s:s + step]
+            chunk += self.dropout(self.mlp(self.norm2(chunk.to(dtype))))
         return residual
 
 

@@ -1,0 +1,208 @@
+"""The fast paths of hyenadna.model equal their slow references.
+
+FFT conv (hand-written backward, 5-smooth sizes) vs the O(L^2) direct conv, the shifted-tap short
+conv vs nn.Conv1d, the transpose-free operator vs the straightforward one, cached vs fresh filter
+spectra, chunked no-grad inference vs the training path, bf16 autocast vs fp32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from hyenadna.model import (
+    HyenaConfig,
+    HyenaDNAForCausalLM,
+    HyenaOperator,
+    _ShortConvFn,
+    fft_size,
+    fftconv,
+    fftconv_inference,
+    fftconv_ref,
+)
+
+
+def make_operator(d: int = 16, l_max: int = 80, order: int = 2) -> HyenaOperator:
+    c = HyenaConfig(d_model=d, l_max=l_max, hyena_order=order)
+    return HyenaOperator(d, l_max, order=order, short_filter_order=c.short_filter_order, emb_dim=c.emb_dim,
+                         filter_order=c.filter_order, num_inner_mlps=c.num_inner_mlps,
+                         activation_freq=c.activation_freq, train_freq=c.train_freq, modulate=c.modulate,
+                         fast_decay_pct=c.fast_decay_pct, slow_decay_pct=c.slow_decay_pct,
+                         decay_target=c.decay_target, shift=c.shift)
+
+
+def reference_operator(op: HyenaOperator, u: torch.Tensor) -> torch.Tensor:
+    """The operator written the obvious way: module calls, layout transposes, direct O(L^2) conv,
+    filter MLP in (L, D) layout with the decay broadcast over positions."""
+    seqlen = u.shape[1]
+    x = rearrange(op.in_proj(u), "b l d -> b d l")
+    x = op.short_filter(x)[..., :seqlen]
+    *gates, v = x.split(op.d_model, dim=1)
+    f = op.filter_fn
+    z, t = f.pos_emb.z[:, :seqlen], f.pos_emb.t[:, :seqlen]
+    h = f.implicit_filter(z) * (torch.exp(-t * f.modulation.deltas.abs()) + f.modulation.shift)
+    k = rearrange(h, "1 l (o d) -> o d l", o=op.order - 1)
+    bias = rearrange(f.bias, "(o d) -> o d", o=op.order - 1)
+    for o, gate in enumerate(reversed(gates[1:])):
+        v = fftconv_ref(v * gate, k[o], bias[o])
+    return op.out_proj(rearrange(v * gates[0], "b d l -> b l d"))
+
+
+def grads(out: torch.Tensor, weight: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(torch.autograd.grad((out * weight).sum(), inputs))
+
+
+@pytest.mark.parametrize("seqlen", range(1, 40))
+def test_fft_size_is_smallest_5_smooth_at_least_2l_minus_1(seqlen: int) -> None:
+    def smooth(n: int) -> bool:
+        for p in (2, 3, 5):
+            while n % p == 0:
+                n //= p
+        return n == 1
+    want = next(n for n in range(2 * seqlen - 1, 4 * seqlen + 2) if smooth(n))
+    assert fft_size(seqlen) == want
+
+
+def test_fft_size_of_power_of_two_is_2l() -> None:
+    assert [fft_size(1 << i) for i in (10, 14, 20)] == [1 << 11, 1 << 15, 1 << 21]
+
+
+@pytest.mark.parametrize("seqlen", [1, 2, 5, 8, 63, 64, 100, 257])
+def test_fftconv_forward_and_backward_equal_direct_conv(seqlen: int) -> None:
+    torch.manual_seed(seqlen)
+    u = torch.randn(3, 4, seqlen, requires_grad=True)
+    k = torch.randn(4, seqlen, requires_grad=True)
+    bias = torch.randn(4, requires_grad=True)
+    g = torch.randn(3, 4, seqlen)
+    y, y_ref = fftconv(u, k, bias), fftconv_ref(u, k, bias)
+    tol = 1e-5 * math.sqrt(seqlen) * 4
+    torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+    for got, want in zip(grads(y, g, [u, k, bias]), grads(y_ref, g, [u, k, bias])):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * math.sqrt(3 * seqlen))
+
+
+def test_fftconv_backward_passes_gradcheck() -> None:
+    """Finite differences through the fp32 transform (fp64 leaves): the hand-written backward is the
+    true derivative, including the batch sum of the filter gradient."""
+    torch.manual_seed(0)
+    u = torch.randn(2, 3, 11, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 11, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: fftconv(*a).double(), (u, k, bias), eps=1e-2, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("seqlen", [1, 2, 3, 50])
+def test_short_conv_equals_conv1d_module(seqlen: int) -> None:
+    torch.manual_seed(seqlen)
+    conv = torch.nn.Conv1d(6, 6, kernel_size=3, groups=6, padding=2).double()
+    x = torch.randn(2, 6, seqlen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 6, seqlen, dtype=torch.float64)
+    params = [x, conv.weight, conv.bias]
+    y, y_ref = _ShortConvFn.apply(x, conv.weight, conv.bias), conv(x)[..., :seqlen]
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads(y, g, params), grads(y_ref, g, params)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("order,seqlen", [(2, 1), (2, 33), (2, 80), (3, 47)])
+def test_operator_equals_straightforward_reference(order: int, seqlen: int) -> None:
+    torch.manual_seed(seqlen)
+    op = make_operator(order=order)
+    u = torch.randn(2, seqlen, 16, requires_grad=True)
+    g = torch.randn(2, seqlen, 16)
+    y, y_ref = op(u), reference_operator(op, u)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    params = [u, *op.parameters()]
+    for got, want in zip(grads(y, g, params), grads(y_ref, g, params)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seqlen", [7, 64])
+def test_chunked_inference_conv_equals_whole(seqlen: int) -> None:
+    torch.manual_seed(0)
+    u, k, bias = torch.randn(2, 10, seqlen), torch.randn(10, seqlen), torch.randn(10)
+    k_f = torch.fft.rfft(k, n=fft_size(seqlen))
+    whole = fftconv(u, k, bias)
+    for budget in (1, 3 * fft_size(seqlen), 1 << 30):  # 1 channel, a ragged split, one chunk
+        torch.testing.assert_close(fftconv_inference(u, k_f, bias, budget), whole, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="filter spectrum has shape"):
+        fftconv_inference(u, k_f[:5], bias)
+
+
+def small_lm(**overrides) -> HyenaDNAForCausalLM:
+    torch.manual_seed(0)
+    return HyenaDNAForCausalLM(HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=100, embed_dropout=0.0,
+                                           **overrides))
+
+
+def test_chunked_no_grad_inference_equals_training_path() -> None:
+    model = small_lm().eval()
+    ids = torch.randint(0, 12, (3, 97))
+    want = model(ids).logits  # grad enabled: the autograd path, no chunks, no cache
+    for layer in model.backbone.layers:
+        layer.inference_chunk_tokens = 7  # 3 x 97 tokens in ragged slices of 2 positions
+        layer.mixer.inference_chunk_elements = 200  # one channel at a time
+    with torch.inference_mode():
+        got = model(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_spectrum_is_cached_and_follows_parameter_changes() -> None:
+    model = small_lm().eval()
+    filt = model.backbone.layers[0].mixer.filter_fn
+    ids = torch.randint(0, 12, (1, 50))
+    with torch.no_grad():
+        model(ids)
+        first = filt.spectrum(50)
+        assert filt.spectrum(50) is first  # reused, not recomputed
+        filt.implicit_filter[0].weight.mul_(1.5)  # an in-place update bumps the version counter
+        changed = filt.spectrum(50)
+        assert changed is not first
+        torch.testing.assert_close(changed, torch.fft.rfft(filt.filter(50), n=fft_size(50)))
+        assert not torch.allclose(changed, first)
+        assert filt.spectrum(40).shape[-1] == fft_size(40) // 2 + 1  # another length, new entry
+    # load_state_dict writes in place: the logits must follow the loaded weights
+    other = small_lm()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, other.eval()(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_train_and_optimizer_steps_invalidate_the_cache() -> None:
+    model = small_lm().eval()
+    filt = model.backbone.layers[1].mixer.filter_fn
+    ids = torch.randint(0, 12, (2, 40))
+    with torch.inference_mode():
+        model(ids)
+    assert filt._spectrum_cache is not None
+    model.train()
+    assert filt._spectrum_cache is None
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(ids, targets=ids).loss.backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        got = model(ids).logits
+    want = model(ids).logits  # grad path: recomputes the filter from the stepped parameters
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_stays_close_to_fp32() -> None:
+    """bf16 activations (8-bit mantissa) with fp32 FFT and filters: the operator output stays within
+    3% relative error (Frobenius) of fp32; a bf16 FFT would be far worse at long L."""
+    torch.manual_seed(0)
+    op = make_operator(d=32, l_max=512)
+    u = torch.randn(2, 512, 32)
+    want = op(u)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = op(u)
+    assert got.dtype == torch.bfloat16
+    err = ((got.float() - want).norm() / want.norm()).item()
+    assert err < 3e-2, err
