@@ -120,7 +120,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     model, tok = _load(args, task="causal_lm")
     samples = generate(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, num_samples=args.num_samples,
-                       precision=args.precision)
+                       precision=args.precision, use_cache=not args.no_cache)
     for i, s in enumerate(samples):
         print(f">sample{i}\n{s}")
 
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--no-cache", action="store_true",
+                   help="re-run the full forward for every token (slow exact reference) instead of caching")
     p.set_defaults(func=cmd_generate)
     return parser
 

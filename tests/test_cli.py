@@ -72,6 +72,8 @@ def test_embed_score_and_generate(release, converted, tmp_path, capsys) -> None:
     first = capsys.readouterr().out
     assert main(args) == 0
     assert capsys.readouterr().out == first
+    assert main(args + ["--no-cache"]) == 0
+    assert capsys.readouterr().out == first
     lines = first.splitlines()
     assert lines[0] == ">sample0" and len(lines[1]) == 30 and set(lines[1]) <= set("ACGT")
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hyenadna.inference import (
+    CachedDecoder,
     embed,
     embed_to_file,
     filter_logits,
@@ -226,3 +227,23 @@ def test_filter_logits_keeps_the_right_tokens() -> None:
     assert sharp[0, 0] > 0.99
     with pytest.raises(ValueError, match="temperature"):
         filter_logits(logits, temperature=0)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_cached_decoder_equals_the_full_forward(order) -> None:
+    torch.manual_seed(4)
+    m = HyenaDNAForCausalLM(HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=90, filter_order=8,
+                                        hyena_order=order)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        ids = torch.randint(7, 12, (2, 90))
+        full = m(ids).logits
+        dec = CachedDecoder(m, batch=2, total_len=90)
+        steps = [dec.prefill(ids[:, :1])] + [dec.step(ids[:, t]) for t in range(1, 90)]
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_cached_and_uncached_generation_sample_the_same_tokens(lm) -> None:
+    kw = dict(seed=5, num_samples=2, temperature=0.8, top_k=3)
+    assert generate(lm, TOK, "ACGTTGCA", 40, **kw) == generate(lm, TOK, "ACGTTGCA", 40, use_cache=False, **kw)
