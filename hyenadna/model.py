@@ -426,6 +426,10 @@ class HyenaFilter(nn.Module):
         self.modulation = ExponentialModulation(d, fast_decay_pct, slow_decay_pct, decay_target, shift, modulate)
         # (key, rfft of the filter) of the last inference call; see `spectrum`. Not state.
         self._spectrum_cache: tuple[tuple[Any, ...], Tensor] | None = None
+        # Spectra larger than this are not kept (complex64 (D, n/2+1): 1 GB per layer at D=128,
+        # L=1M), where the filter MLP is a small share of a forward pass anyway.
+        self.spectrum_cache_max_bytes = 1 << 28
+        self.inference_chunk_positions = 1 << 16  # filter positions per slice without grad
 
     def train(self, mode: bool = True) -> HyenaFilter:
         """Switch mode; any cached spectrum is dropped (training will change the parameters)."""
@@ -437,10 +441,12 @@ class HyenaFilter(nn.Module):
 
         In eval mode it is computed once and reused while the parameters stay the same: the
         cache key holds every parameter's identity, storage, device and version counter, which
-        in-place updates (optimizer steps, load_state_dict) bump. One entry, the last length.
+        in-place updates (optimizer steps, load_state_dict) bump. One entry, the last length, and
+        only up to `spectrum_cache_max_bytes`.
         """
         n = fft_size(seqlen)
-        if self.training:
+        if self.training or self.d * (n // 2 + 1) * 8 > self.spectrum_cache_max_bytes:
+            self._spectrum_cache = None
             return torch.fft.rfft(self.filter(seqlen), n=n)
         key = (seqlen, n, *((id(p), p.data_ptr(), p.device, p.dtype, p._version) for p in self.parameters()))
         if self._spectrum_cache is None or self._spectrum_cache[0] != key:
@@ -454,13 +460,26 @@ class HyenaFilter(nn.Module):
         Generated in fp32 with autocast off: sin(10 * x) of bf16 activations is noise, and the
         MLP costs O(L F^2) once per step, independent of the batch. The last (bias-free) layer is
         applied as W @ h^T so the filter comes out in the (D, L) layout of the FFT directly
-        instead of through a strided transpose copy.
+        instead of through a strided transpose copy. Without grad, positions are processed in
+        slices (the MLP and the decay are per position), so the (L, F) hidden activations of a
+        1M-long filter never exist whole.
         """
         with torch.autocast(device_type=self.bias.device.type, enabled=False):
             z, t = self.pos_emb(seqlen)
-            hidden = self.implicit_filter[:-1](z.to(self.bias.dtype))[0]  # (L, F)
-            h = (self.implicit_filter[-1].weight @ hidden.mT).float()  # (D, L)
-            return self.modulation(rearrange(t, "1 l 1 -> 1 l"), h)
+            z, t = z[0].to(self.bias.dtype), rearrange(t, "1 l 1 -> 1 l")
+            if torch.is_grad_enabled():
+                return self._filter_slice(z, t)
+            h = torch.empty(self.d, seqlen, device=z.device)
+            for s in range(0, seqlen, self.inference_chunk_positions):
+                e = s + self.inference_chunk_positions
+                h[:, s:e] = self._filter_slice(z[s:e], t[:, s:e])
+            return h
+
+    def _filter_slice(self, z: Tensor, t: Tensor) -> Tensor:
+        """z (L, E), t (1, L) -> the filter at those positions, (D, L) in fp32."""
+        hidden = self.implicit_filter[:-1](z)  # (L, F)
+        h = (self.implicit_filter[-1].weight @ hidden.mT).float()  # (D, L)
+        return self.modulation(t, h)
 
 # --------------------------------------------------------------------------------------------
 # Hyena operator

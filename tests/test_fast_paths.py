@@ -206,3 +206,14 @@ def test_bf16_autocast_stays_close_to_fp32() -> None:
     assert got.dtype == torch.bfloat16
     err = ((got.float() - want).norm() / want.norm()).item()
     assert err < 3e-2, err
+
+
+def test_sliced_no_grad_filter_equals_whole_and_large_spectra_are_not_cached() -> None:
+    filt = make_operator(l_max=80).filter_fn.eval()
+    want = filt.filter(80)  # grad enabled: one slice
+    filt.inference_chunk_positions = 7
+    with torch.no_grad():
+        torch.testing.assert_close(filt.filter(80), want, rtol=1e-6, atol=1e-6)
+        filt.spectrum_cache_max_bytes = 0
+        filt.spectrum(80)
+        assert filt._spectrum_cache is None
