@@ -329,7 +329,8 @@ def _read_weights_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise ValueError(f"{path}: expected a dict of tensors or a Lightning checkpoint, got {type(obj).__name__}")
     if "state_dict" in obj:
         sd = obj["state_dict"]
-        info = {"kind": "lightning", "hyper_parameters": _plain(obj.get("hyper_parameters"))}
+        info = {"kind": "lightning", "hyper_parameters": _plain(obj.get("hyper_parameters")),
+                "hyena_config": obj.get("hyena_config")}  # what hyenadna.lm stores beside the weights
     else:
         sd, info = obj, {"kind": "state_dict"}
     bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
@@ -442,7 +443,11 @@ def _read_file(path: Path, config: HyenaConfig | None, cfg_path: Path) -> Checkp
     head = None
     if config is None:
         hparams = info.get("hyper_parameters")
-        if layout == "lightning" and hparams is not None:
+        if layout == "lightning" and isinstance(info.get("hyena_config"), dict):
+            config = _make_config(info["hyena_config"], f"{path} hyena_config")
+            if hparams is not None:
+                head = _config_from_hparams(hparams, path)[1]
+        elif layout == "lightning" and hparams is not None:
             config, head = _config_from_hparams(hparams, path)
         if config is None and cfg_path.is_file():
             config, json_layout = _config_from_json(_read_json(cfg_path), str(cfg_path))

@@ -378,3 +378,13 @@ def test_head_classes_save_and_load_through_their_methods(model, ids, tmp_path) 
     clf.save_pretrained(tmp_path / "clf")
     assert torch.equal(logits(HyenaDNAForSequenceClassification.from_pretrained(tmp_path / "clf"), ids),
                        logits(clf, ids))
+
+
+def test_pretraining_checkpoint_with_hyena_config_loads(model, ids, tmp_path) -> None:
+    # The layout hyenadna.lm.CausalLMModule writes: model.* weights, the config as a plain dict.
+    f = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
+                "hyena_config": CFG.to_dict(), "optimizer_states": [], "rng_states": {"torch": torch.get_rng_state()},
+                "pytorch-lightning_version": "2.6.6"}, f)
+    loaded = load_pretrained(f)
+    assert loaded.config == CFG and torch.equal(logits(loaded, ids), logits(model, ids))
