@@ -13,13 +13,14 @@ line naming the file and record, with exit status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from hyenadna.checkpoint import UnsafeCheckpointError, build_model, convert, read_checkpoint
+from hyenadna.checkpoint import Checkpoint, UnsafeCheckpointError, build_model, read_checkpoint, save_pretrained
 from hyenadna.inference import (
     embed_to_file,
     generate,
@@ -31,6 +32,10 @@ from hyenadna.inference import (
 from hyenadna.tokenizer import CharTokenizer
 
 
+SHIFT_HELP = ("override the filter modulation shift: 0.05 (default for releases, as in the official "
+              "inference ports) or 0.0 (the official training code)")
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,8 +44,15 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _read(path: str, shift: float | None) -> Checkpoint:
+    ckpt = read_checkpoint(path)
+    if shift is not None:
+        ckpt.config = dataclasses.replace(ckpt.config, shift=shift)
+    return ckpt
+
+
 def _load(args: argparse.Namespace, task: str = "auto"):  # type: ignore[no-untyped-def]
-    ckpt = read_checkpoint(args.model)
+    ckpt = _read(args.model, args.shift)
     model = build_model(ckpt, task=task, check_buffers=args.check_buffers).to(_device(args.device))
     return model, ckpt.tokenizer or CharTokenizer()
 
@@ -52,6 +64,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="autocast precision of the forward pass (default fp32)")
     p.add_argument("--check-buffers", choices=["error", "warn"], default="error",
                    help="stored z/t/deltas that differ from the config: error (default) or warn")
+    p.add_argument("--shift", type=float, help=SHIFT_HELP)
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
@@ -70,10 +83,12 @@ def _records(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    ckpt = convert(args.src, args.dst, check_buffers=args.check_buffers)
+    ckpt = _read(args.src, args.shift)
+    save_pretrained(build_model(ckpt, check_buffers=args.check_buffers), args.dst, tokenizer=ckpt.tokenizer,
+                    extras=ckpt.extras)
     c = ckpt.config
     print(f"read {ckpt.source} ({ckpt.layout} layout): d_model={c.d_model} n_layer={c.n_layer} "
-          f"d_inner={c.d_inner} l_max={c.l_max}" + (f", classifier head {ckpt.head}" if ckpt.head else ""))
+          f"d_inner={c.d_inner} l_max={c.l_max} shift={c.shift}" + (f", classifier head {ckpt.head}" if ckpt.head else ""))
     for note in ckpt.notes:
         print(f"  {note}")
     if ckpt.extras:
@@ -134,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="original or -hf release dir, Lightning .ckpt, or weights file")
     p.add_argument("dst", help="output directory (config.json + model.safetensors + tokenizer.json)")
     p.add_argument("--check-buffers", choices=["error", "warn"], default="error")
+    p.add_argument("--shift", type=float, help=SHIFT_HELP)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("embed", help="embeddings of FASTA / CSV / BED sequences")

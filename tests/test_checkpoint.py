@@ -388,3 +388,13 @@ def test_pretraining_checkpoint_with_hyena_config_loads(model, ids, tmp_path) ->
                 "pytorch-lightning_version": "2.6.6"}, f)
     loaded = load_pretrained(f)
     assert loaded.config == CFG and torch.equal(logits(loaded, ids), logits(model, ids))
+
+
+def test_plain_backbone_state_dict_without_lm_head_loads(model, ids, tmp_path) -> None:
+    # What official standalone HyenaDNAModel(use_head=False).state_dict() looks like: backbone.*
+    # with the buffers, no prefix, no lm_head (the LM head is the tied embedding anyway).
+    sd = {k[len("model."):]: v for k, v in to_official_state_dict(model).items() if k != "model.lm_head.weight"}
+    torch.save(sd, tmp_path / "backbone.pt")
+    loaded = load_pretrained(tmp_path / "backbone.pt")
+    assert read_checkpoint(tmp_path / "backbone.pt").layout == "state_dict"
+    assert torch.equal(logits(loaded, ids), logits(model, ids))
