@@ -287,12 +287,12 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
         found = re.search(r"(Unsupported global: GLOBAL [^\s]+|Unsupported operand \d+|"
                           r"Can only [^\n]+|Trying to [^\n]+)", text)
         detail = found.group(1) if found else text.strip().splitlines()[-1]
-        if "weights only load failed" in text.lower() or "Unsupported global" in text:
+        if re.search(r"Unsupported global|Can only|Trying to", text):
             raise UnsafeCheckpointError(
                 f"{path}: refusing to load: the pickle needs something other than tensors and "
                 f"omegaconf hyper-parameters ({detail}). Loading it would run code from the file; "
                 "only checkpoints from HyenaDNA / this package are supported") from None
-        raise ValueError(f"{path}: corrupt PyTorch checkpoint ({detail})") from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {detail}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         if isinstance(err, FileNotFoundError):
             raise

@@ -398,3 +398,11 @@ def test_plain_backbone_state_dict_without_lm_head_loads(model, ids, tmp_path) -
     loaded = load_pretrained(tmp_path / "backbone.pt")
     assert read_checkpoint(tmp_path / "backbone.pt").layout == "state_dict"
     assert torch.equal(logits(loaded, ids), logits(model, ids))
+
+
+def test_garbage_pickle_is_reported_as_corrupt_not_as_unsafe(tmp_path) -> None:
+    f = tmp_path / "pytorch_model.bin"
+    f.write_bytes(b"\x80\x02garbage" * 10)
+    with pytest.raises(ValueError, match="truncated or corrupt") as err:
+        load_pretrained(f)
+    assert not isinstance(err.value, UnsafeCheckpointError)
