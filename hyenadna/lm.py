@@ -60,7 +60,7 @@ class CausalLMModule(pl.LightningModule):
     """Next-token pretraining of `HyenaDNAForCausalLM` on batches ``{"input_ids", "targets"}``."""
 
     def __init__(self, config: HyenaConfig, optimizer: OptimizerFactory,
-                 scheduler: SchedulerFactory | None = None, ignore_index: int = -100) -> None:
+                 scheduler: SchedulerFactory | None = None, ignore_index: int = -100, seed: int = 0) -> None:
         super().__init__()
         if not isinstance(config, HyenaConfig):
             raise TypeError(f"config must be a HyenaConfig, got {type(config).__name__}")
@@ -69,6 +69,7 @@ class CausalLMModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.ignore_index = ignore_index
+        self.seed = seed
         self.val_loss_sum, self.val_tokens, self.val_correct = SumMetric(), SumMetric(), SumMetric()
         self._last_step_time: float | None = None
 
@@ -112,6 +113,13 @@ class CausalLMModule(pl.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
+        """Reseed dropout from (seed, epoch, rank); restart the tokens/s clock."""
+        # Data loaders draw from the global RNG when they start, a different number of times in
+        # a resumed run; reseeding here makes a resume at an epoch boundary bit-exact anyway.
+        epoch_seed = int(np.random.SeedSequence([self.seed, self.current_epoch, self.global_rank]).generate_state(1)[0])
+        torch.manual_seed(epoch_seed)
+        np.random.seed(epoch_seed)
+        random.seed(epoch_seed)
         # The loader is rebuilt between epochs (sequence-length warmup); that pause is not a step.
         self._last_step_time = None
 

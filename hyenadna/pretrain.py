@@ -191,7 +191,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
 
     optimizer = _build(cfg.optimizer, "optimizer")
     scheduler = _build(cfg.scheduler, "scheduler") if cfg.scheduler is not None else None
-    module = CausalLMModule(config, optimizer=optimizer, scheduler=scheduler)
+    module = CausalLMModule(config, optimizer=optimizer, scheduler=scheduler, seed=int(cfg.seed))
     callbacks = [_build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items() if node is not None]
     loggers = build_loggers(cfg, out)
     trainer = _build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))

@@ -28,7 +28,7 @@ Rules, each chosen so that held-out perplexities mean what they say:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -296,14 +296,20 @@ class EpochSampler(DistributedSampler):
         skip: Mapping[int, int] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        current_epoch: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(
             range(total), num_replicas=world_size, rank=rank, shuffle=False, drop_last=True
         )
         self.epoch = epoch
+        self.current_epoch = current_epoch
         self.skip = dict(skip or {})
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.current_epoch is not None:
+            # Lightning's set_epoch passes its `processed` counter, which runs one ahead of
+            # trainer.current_epoch after a resume from an epoch-end checkpoint.
+            self.epoch = self.current_epoch()
         start = self.skip.pop(self.epoch, 0)
         epoch, rank, world = self.epoch, self.rank, self.num_replicas
         return ((epoch, p * world + rank) for p in range(start, self.num_samples))
@@ -529,6 +535,7 @@ class PretrainDataModule(pl.LightningDataModule):
             skip=self._skip,
             rank=0 if trainer is None else int(trainer.global_rank),
             world_size=1 if trainer is None else int(trainer.world_size),
+            current_epoch=None if trainer is None else (lambda: int(trainer.current_epoch)),
         )
         self._skip = {}
         return DataLoader(

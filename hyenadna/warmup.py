@@ -63,9 +63,9 @@ def build_stages(target_len: int, batch_size: int, accumulate: int, unit: str,
     """The stage table; raises ValueError if tokens per optimizer step cannot stay exactly constant.
 
     Tokens per device and optimizer step = target_len * batch_size * accumulate (what the run
-    uses at the final length; every device runs the same table). A stage's per-device batch is its `batch_size` if given, else
-    the final batch scaled by target_len / seq_len (capped at `max_batch_size`); its
-    accumulation is whatever makes up the rest and must come out a whole number.
+    uses at the final length; every device runs the same table). A stage's per-device batch is
+    its `batch_size` if given, else the final batch scaled by target_len / seq_len (capped at
+    `max_batch_size`); its accumulation is whatever makes up the rest and must be whole.
     """
     if unit not in ("steps", "epochs"):
         raise ValueError(f"sequence-length warmup: unit must be 'steps' or 'epochs', got {unit!r}")
@@ -113,8 +113,11 @@ def build_stages(target_len: int, batch_size: int, accumulate: int, unit: str,
         if "batch_size" in spec:
             stage_batch = _positive_int(spec["batch_size"], f"stage {i} batch_size")
         else:
-            stage_batch = samples if max_batch_size is None else min(samples, max_batch_size)
-            while samples % stage_batch:  # the largest batch <= the cap that divides exactly
+            # The final batch scaled up as windows shrink (same accumulation), capped for memory.
+            stage_batch = max(1, batch_size * target_len // seq_len)
+            if max_batch_size is not None:
+                stage_batch = min(stage_batch, max_batch_size)
+            while samples % stage_batch:  # the largest such batch that divides exactly
                 stage_batch -= 1
         if samples % stage_batch:
             raise ValueError(f"sequence-length warmup: stage {i} batch_size {stage_batch} does not divide the "
