@@ -281,7 +281,8 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            # mmap: a release .ckpt is mostly optimizer state we never need in memory at once
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         text = str(err)
         found = re.search(r"(Unsupported global: GLOBAL [^\s]+|Unsupported operand \d+|"

@@ -22,6 +22,7 @@ import torch
 
 from hyenadna.checkpoint import Checkpoint, UnsafeCheckpointError, build_model, read_checkpoint, save_pretrained
 from hyenadna.inference import (
+    check_records,
     embed_to_file,
     generate,
     open_records,
@@ -108,6 +109,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     model, tok = _load(args, task="causal_lm")
+    check_records(_records(args)(), tok, model.config.l_max)  # bad records fail before any output
     out = sys.stdout if args.output == "-" else open(args.output, "w")
     try:
         out.write("id\tlength\tn_scored\tlog_likelihood\tperplexity\n")

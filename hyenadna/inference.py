@@ -503,7 +503,9 @@ def variant_effects(model: nn.Module, tokenizer: CharTokenizer, vcf: str | Path,
         assert v is not None
         length = genome.chrom_lengths.get(v.chrom)
         if length is None:
-            result.skipped.append((v, line, f"unknown chromosome: {v.chrom!r} is not in {fasta}"))
+            alias = next((c for c in (f"chr{v.chrom}", v.chrom.removeprefix("chr")) if c in genome.chrom_lengths), None)
+            hint = f" (the FASTA has {alias!r}: rename the VCF's chromosomes)" if alias else ""
+            result.skipped.append((v, line, f"unknown chromosome: {v.chrom!r} is not in {fasta}{hint}"))
             continue
         pos0 = v.pos - 1
         if not 0 <= pos0 < length:

@@ -107,6 +107,8 @@ def test_errors_are_one_clear_line_with_status_1(release, converted, tmp_path, c
     assert main(["embed", str(converted), str(tmp_path / "long.fa"), "-o", str(tmp_path / "e.npy"),
                  "--no-progress"]) == 1
     assert "record 0 ('big') has 300 bases, more than the model's l_max=258" in capsys.readouterr().err
+    assert main(["score", str(converted), str(tmp_path / "long.fa"), "-o", str(tmp_path / "s.tsv")]) == 1
+    assert "('big') has 300 bases" in capsys.readouterr().err and not (tmp_path / "s.tsv").exists()
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "x": _Exploit(tmp_path / "pwned")}, evil)
     assert main(["convert", str(evil), str(tmp_path / "out")]) == 1

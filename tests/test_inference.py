@@ -170,7 +170,7 @@ def test_vep_scores_snvs_and_reports_every_skipped_record(lm, tmp_path) -> None:
         f"chr1\t50\tindel\t{chr1[49]}\t{chr1[49]}T",               # not an SNV
         f"chr1\t300\tend\t{chr1[299]}\t{other[chr1[299]]}",        # last base: window would cross the end
         f"chr2\t40\tshortchr\t{chr2[39]}\t{other[chr2[39]]}",      # chromosome shorter than the window
-        "chrUn\t10\tnochrom\tA\tC",
+        "1\t10\tnochrom\tA\tC",
         "chr1\tten\tmalformed\tA\tC",
     ]
     (tmp_path / "v.vcf").write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n" + "\n".join(lines) + "\n")
@@ -190,6 +190,7 @@ def test_vep_scores_snvs_and_reports_every_skipped_record(lm, tmp_path) -> None:
         assert s.llr_forward == pytest.approx(fwd, abs=2e-3)
         assert s.llr_reverse == pytest.approx(rev, abs=2e-3)
         assert s.llr == pytest.approx((fwd + rev) / 2, abs=2e-3)
+    assert "the FASTA has 'chr1'" in [r for v, _, r in res.skipped if v and v.id == "nochrom"][0]
     skipped = write_vep_tsv(res, tmp_path / "out.tsv")
     rows = (tmp_path / "out.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:6] == ["chrom", "pos", "id", "ref", "alt", "llr"] and len(rows) == 4
