@@ -427,7 +427,7 @@ def _read_file(path: Path, config: HyenaConfig | None, cfg_path: Path) -> Checkp
         extras = {k: v for k, v in sd.items() if not k.startswith("model.")}
         sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
         if layout == "original" and extras:
-            raise ValueError(f"{path}: unexpected keys outside 'model.': {sorted(extras)[:20]}")
+            extras = _official_decoder(extras, sd, path, notes)
     else:
         layout = "state_dict"
     wrapped = [k for k in sd if _LAYER_WRAPPER.search(k)]
@@ -457,9 +457,30 @@ def _read_file(path: Path, config: HyenaConfig | None, cfg_path: Path) -> Checkp
             config = _infer_config(sd, path)
             notes.append("config inferred from tensor shapes (no config.json beside the file)")
     if "head.weight" in sd:
-        head = {"pooling": "last", "problem_type": "single_label", **(head or {}),
+        default_pool = "mean" if layout == "original" else "last"
+        head = {"pooling": default_pool, "problem_type": "single_label", **(head or {}),
                 "num_labels": int(sd["head.weight"].shape[0])}
     return Checkpoint(config, sd, layout, path, head=head, extras=extras, notes=notes)
+
+
+_OFFICIAL_DECODER = {"decoder.0.output_transform.weight": "head.weight",
+                     "decoder.0.output_transform.bias": "head.bias"}
+
+
+def _official_decoder(extras: dict[str, Tensor], sd: dict[str, Tensor], path: Path,
+                      notes: list[str]) -> dict[str, Tensor]:
+    """Move an official finetuning decoder (SequenceDecoder.output_transform) into `sd` as our head."""
+    unknown = sorted(set(extras) - set(_OFFICIAL_DECODER))
+    if unknown:
+        raise ValueError(f"{path}: unexpected keys outside 'model.': {_fmt(unknown)}")
+    for theirs, ours in _OFFICIAL_DECODER.items():
+        if theirs in extras:
+            sd[ours] = extras[theirs]
+    # The official default decoder mode is 'pool' (mean over all positions); the checkpoint does
+    # not record the mode, so mean it is unless the caller passes pooling=.
+    notes.append("official finetuning decoder loaded as the classification head (pooling 'mean', "
+                 "the official default 'pool' mode; pass pooling= if it was trained with another)")
+    return {}
 
 
 def _read_ours(path: Path, tensors: dict[str, Tensor], meta: dict[str, str],

@@ -406,3 +406,24 @@ def test_garbage_pickle_is_reported_as_corrupt_not_as_unsafe(tmp_path) -> None:
     with pytest.raises(ValueError, match="truncated or corrupt") as err:
         load_pretrained(f)
     assert not isinstance(err.value, UnsafeCheckpointError)
+
+
+def test_official_finetuned_checkpoint_loads_its_decoder_as_the_head(tmp_path, ids) -> None:
+    torch.manual_seed(6)
+    clf = HyenaDNAForSequenceClassification(CFG, num_labels=2, pooling="mean").eval()
+    lm = HyenaDNAForCausalLM(CFG)
+    lm.backbone.load_state_dict(clf.backbone.state_dict())
+    sd = to_official_state_dict(lm)
+    sd["decoder.0.output_transform.weight"] = clf.head.weight.detach().clone()
+    sd["decoder.0.output_transform.bias"] = clf.head.bias.detach().clone()
+    d = tmp_path / "ft"
+    d.mkdir()
+    torch.save({"state_dict": sd}, d / "weights.ckpt")
+    (d / "config.json").write_text(json.dumps(config_to_original(CFG)))
+    loaded = load_pretrained(d)
+    assert isinstance(loaded, HyenaDNAForSequenceClassification) and loaded.pooling == "mean"
+    assert torch.equal(logits(loaded, ids), logits(clf, ids))
+    sd["decoder.1.weight"] = torch.zeros(1)
+    torch.save({"state_dict": sd}, d / "weights.ckpt")
+    with pytest.raises(ValueError, match=r"unexpected keys outside 'model.': decoder\.1\.weight"):
+        load_pretrained(d)
