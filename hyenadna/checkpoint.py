@@ -13,9 +13,12 @@ names alone):
   ``implicit_filter.1.freq``.
 * **ours**: ``config.json`` (``"format": "hyenadna"``) + ``model.safetensors`` + ``tokenizer.json``,
   written by `save_pretrained`; no recomputable buffers, each shared tensor stored once.
+* an official **finetuned** ``.ckpt``: its ``decoder.0.output_transform`` becomes our classifier
+  head (mean pooling, the official default decoder mode, unless ``pooling=`` says otherwise).
 * a **Lightning checkpoint** of our ``train.py`` / ``finetune.py`` (keys ``model.*``; the config is
-  read from its hyper-parameters), or a **single weights file** of any layout above (its config
-  comes from a ``config.json`` beside it, else from the tensor shapes).
+  read from its ``hyena_config`` entry or its hyper-parameters; other trainable tensors such as a
+  soft prompt are kept as extras), or a **single weights file** of any layout above (its config
+  comes from a ``config.json`` beside it, else from the tensor shapes, l_max from the stored z).
 
 Every key and shape is accounted for: a mismatch raises one error listing the missing,
 unexpected and wrongly-shaped keys. Stored ``z``/``t``/``deltas`` are compared with the ones
