@@ -425,6 +425,11 @@ def _read_file(path: Path, config: HyenaConfig | None, cfg_path: Path) -> Checkp
     if any(k.startswith("hyena.") for k in sd):
         layout = "hf"
         sd = {(k[len("hyena."):] if k.startswith("hyena.") else k): v for k, v in sd.items()}
+        if "score.weight" in sd:
+            # -hf sequence classifier: a bias-free Linear on the last real token = our head, bias 0
+            sd["head.weight"] = sd.pop("score.weight")
+            sd["head.bias"] = torch.zeros(sd["head.weight"].shape[0], dtype=sd["head.weight"].dtype)
+            notes.append("-hf 'score' classifier loaded as the head (last-token pooling, zero bias)")
     elif any(k.startswith("model.") for k in sd):
         layout = "original" if any(k.endswith("pos_emb.z") for k in sd) else "lightning"
         extras = {k: v for k, v in sd.items() if not k.startswith("model.")}

@@ -427,3 +427,21 @@ def test_official_finetuned_checkpoint_loads_its_decoder_as_the_head(tmp_path, i
     torch.save({"state_dict": sd}, d / "weights.ckpt")
     with pytest.raises(ValueError, match=r"unexpected keys outside 'model.': decoder\.1\.weight"):
         load_pretrained(d)
+
+
+def test_hf_sequence_classifier_loads_score_as_the_head(tmp_path, ids) -> None:
+    torch.manual_seed(7)
+    clf = HyenaDNAForSequenceClassification(CFG, num_labels=3, pooling="last").eval()
+    with torch.no_grad():
+        clf.head.bias.zero_()  # the -hf `score` layer has no bias
+    lm = HyenaDNAForCausalLM(CFG)
+    lm.backbone.load_state_dict(clf.backbone.state_dict())
+    sd = {k: v for k, v in to_hf_state_dict(lm).items() if k != "lm_head.weight"}
+    sd["score.weight"] = clf.head.weight.detach().clone()
+    d = tmp_path / "hfclf"
+    d.mkdir()
+    save_file(sd, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({**config_to_hf(CFG), "architectures": ["HyenaDNAForSequenceClassification"]}))
+    loaded = load_pretrained(d)
+    assert isinstance(loaded, HyenaDNAForSequenceClassification) and loaded.pooling == "last"
+    assert torch.equal(logits(loaded, ids), logits(clf, ids))
