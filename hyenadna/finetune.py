@@ -1,0 +1,176 @@
+"""Finetuning entry point: `fit(cfg)` adapts a pretrained HyenaDNA to a labelled task.
+
+Order of work: read and check the task data, load (or quickly pretrain) the language model,
+check that the task fits its l_max, then train with the best checkpoint kept by a validation
+metric and early stopping, evaluate that checkpoint on test, and write ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from hyenadna.adapt import FinetuneModule, default_monitor
+from hyenadna.checkpoint import load_pretrained
+from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
+from hyenadna.pretrain import _build, build_loggers, check_output_dir, check_targets
+from hyenadna.tasks import TaskDataModule
+from hyenadna.tokenizer import CharTokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOP_LEVEL_KEYS = frozenset({"task", "method", "model", "trainer", "logger", "optimizer", "scheduler", "pretrained",
+                            "pretrain_overrides", "early_stopping_patience", "monitor", "monitor_mode", "icl_shots", "seed",
+                            "output_dir", "experiment_name", "torch_threads"})
+
+
+def resolve_path(path: str) -> str:
+    """A relative path that does not exist from the working directory is tried from the repository root."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+        return str(REPO_ROOT / p)
+    return path
+
+
+def quick_pretrain(overrides: list[str], out: Path) -> str:
+    """Run `hyenadna.pretrain.fit` on `configs/train.yaml` with `overrides`; return its last checkpoint."""
+    from hyenadna.pretrain import fit as pretrain_fit
+
+    overrides = [*overrides, f"output_dir={out}"]
+    if GlobalHydra.instance().is_initialized():  # inside `python finetune.py`: reuse its config search path
+        cfg = compose(config_name="train", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+    print(f"no pretrained= given: pretraining first with `python train.py {' '.join(overrides[:-1])}` into {out}")
+    result = pretrain_fit(cfg)
+    ckpt = result.get("last_checkpoint") or ""
+    if not ckpt:
+        raise RuntimeError(f"the quick pretraining in {out} wrote no checkpoint")
+    return ckpt
+
+
+def load_language_model(cfg: DictConfig, out: Path) -> tuple[HyenaDNAForCausalLM, str]:
+    """The language model to adapt, and a description of where it came from."""
+    source = cfg.pretrained
+    if source == "scratch":
+        config = _build(cfg.model, "model")
+        if not isinstance(config, HyenaConfig):
+            raise ValueError(f"config `model` must build a HyenaConfig, got {type(config).__name__}")
+        return HyenaDNAForCausalLM(config), "scratch (random init)"
+    if source is None:
+        source = quick_pretrain(list(cfg.pretrain_overrides or []), out / "pretrain")
+    path = resolve_path(str(source))
+    if not Path(path).exists():
+        raise FileNotFoundError(f"pretrained={source}: no such checkpoint file or folder")
+    lm = load_pretrained(path, task="causal_lm")
+    if lm.config.vocab_size < CharTokenizer.vocab_size:
+        raise ValueError(f"pretrained={source}: the model's vocabulary has {lm.config.vocab_size} tokens, "
+                         f"fewer than the tokenizer's {CharTokenizer.vocab_size}")
+    return lm, str(path)
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """A plain-text table: one row per split, one column per metric."""
+    names = sorted({k for r in rows.values() for k in r})
+    lines = [f"{'split':8}" + "".join(f"{n:>10}" for n in names)]
+    for split, r in rows.items():
+        lines.append(f"{split:8}" + "".join(f"{r[n]:>10.4f}" if n in r else f"{'':>10}" for n in names))
+    return "\n".join(lines)
+
+
+def fit(cfg: DictConfig) -> dict[str, Any]:
+    """Finetune as `cfg` says; return test (and best validation) metrics and the output paths."""
+    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ValueError(f"unknown top-level config key(s) {unknown}; known: {sorted(TOP_LEVEL_KEYS)}")
+    check_targets(cfg)
+    out = check_output_dir(cfg.output_dir)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    # 1. The data: every file read and checked before any model is built or trained.
+    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
+    for key in ("data", "label_table", "reference"):
+        if task_cfg.get(key):
+            task_cfg[key] = resolve_path(str(task_cfg[key]))
+    dm = _build(OmegaConf.create(task_cfg), "task")
+    if not isinstance(dm, TaskDataModule):
+        raise ValueError(f"config `task` must build a TaskDataModule, got {type(dm).__name__}")
+    task = dm.load()
+    m = cfg.method
+    if m.readout == "token" and task.problem_type != "single_label":
+        raise ValueError(f"method.readout=token is for single-label classification; this task is {task.problem_type}")
+
+    # 2. The model, and the room its l_max leaves for the task's sequences.
+    lm, source = load_language_model(cfg, out)
+    n_prompt = int(m.n_soft_tokens)
+    add_eos = m.readout == "token"
+    limit = lm.config.l_max - n_prompt
+    if limit < 1 + int(add_eos):
+        raise ValueError(f"method.n_soft_tokens={n_prompt} leaves no room in the model's l_max={lm.config.l_max}")
+    max_length = dm.resolve_max_length(limit, add_eos=add_eos)
+    if task.longest + int(add_eos) > max_length:
+        print(f"note: sequences up to {task.longest} bases are cropped ({dm.crop}) to {max_length} tokens "
+              f"(model l_max {lm.config.l_max}, soft prompt {n_prompt})")
+    dm.setup("fit")
+
+    optimizer = _build(cfg.optimizer, "optimizer")
+    scheduler = _build(cfg.scheduler, "scheduler") if cfg.scheduler is not None else None
+    module = FinetuneModule(lm, task.num_labels, task.problem_type, method=m.name, readout=m.readout,
+                            pooling=m.pooling, n_soft_tokens=n_prompt, prompt_dropout=float(m.prompt_dropout),
+                            label_tokens=list(m.label_tokens) if m.label_tokens else None,
+                            optimizer=optimizer, scheduler=scheduler, label_names=task.label_names)
+    monitor, mode = default_monitor(task.problem_type) if cfg.monitor == "auto" else (cfg.monitor, cfg.get("monitor_mode", "max"))
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
+                                           mode=mode, save_top_k=1, save_last=False)
+    callbacks: list[pl.Callback] = [ckpt_cb]
+    if cfg.early_stopping_patience:
+        callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode=mode,
+                                                    patience=int(cfg.early_stopping_patience)))
+    loggers = build_loggers(cfg, out)
+    trainer = _build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=False)
+        print(f"task {dm.data} ({task.problem_type}, {task.num_labels} labels: {', '.join(task.label_names[:10])})")
+        print(dm.summary())
+        print(f"model: {source}; d_model={lm.config.d_model} n_layer={lm.config.n_layer} l_max={lm.config.l_max}; "
+              f"max_length={max_length}; {module.trainable_summary()}")
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, weights_only=True)
+    train_time = time.perf_counter() - start
+    if trainer.interrupted:
+        raise RuntimeError("training was interrupted")
+    best = ckpt_cb.best_model_path or None
+    valid = trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)[0]
+    test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)[0]
+    strip = lambda d, p: {k[len(p):]: float(v) for k, v in d.items() if k.startswith(p)}  # noqa: E731
+    result: dict[str, Any] = {
+        "test": strip(test, "test/"), "valid": strip(valid, "val/"), "method": m.name, "readout": m.readout,
+        "n_soft_tokens": n_prompt, "pretrained": source, "task": str(dm.data), "label_names": task.label_names,
+        "max_length": max_length, "train_time_s": train_time, "epochs": int(trainer.current_epoch),
+        "best_checkpoint": best or "", "output_dir": str(out),
+        "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+    }
+    if cfg.get("icl_shots"):
+        from hyenadna.icl import evaluate_icl
+
+        # The language model as it now stands: pretrained (head read-out), adapted (token read-out).
+        result["icl"] = [evaluate_icl(lm, task.splits["train"], task.splits["test"], task.num_labels, int(k),
+                                      max_length - int(add_eos), seed=int(cfg.seed), limit=200)
+                         for k in cfg.icl_shots]
+    if trainer.is_global_zero:
+        (out / "results.json").write_text(json.dumps(result, indent=2))
+        print(f"\n{m.name} ({m.readout} read-out) on {dm.data}, best checkpoint by {monitor}:")
+        print(format_table({"valid": result["valid"], "test": result["test"]}))
+        print(f"results: {out / 'results.json'}")
+    return result
