@@ -143,9 +143,10 @@ class CausalLMModule(pl.LightningModule):
         n = self.val_tokens.compute()
         if float(n) > 0:
             loss = self.val_loss_sum.compute() / n
-            self.log("val/loss", loss, prog_bar=True)
-            self.log("val/ppl", loss.exp(), prog_bar=True)
-            self.log("val/acc", self.val_correct.compute() / n)
+            # Already summed over devices by the metrics; sync_dist only averages equal values.
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+            self.log("val/ppl", loss.exp(), prog_bar=True, sync_dist=True)
+            self.log("val/acc", self.val_correct.compute() / n, sync_dist=True)
         for metric in (self.val_loss_sum, self.val_tokens, self.val_correct):
             metric.reset()
 
