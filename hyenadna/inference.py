@@ -213,12 +213,13 @@ def _batches(records: Iterable[Record], batch_size: int) -> Iterator[list[Record
         yield batch
 
 
-def _progress(it: Iterable, enabled: bool, desc: str, total: int | None = None) -> Iterable:  # type: ignore[type-arg]
+def _progress(it: Iterable, enabled: bool, desc: str, total: int | None = None,  # type: ignore[type-arg]
+              unit: str = "seq") -> Iterable:  # type: ignore[type-arg]
     if not enabled:
         return it
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=desc, total=total, unit="seq", dynamic_ncols=True)
+    return tqdm(it, desc=desc, total=total, unit=unit, dynamic_ncols=True)
 
 
 def _encode(tokenizer: CharTokenizer, seqs: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
@@ -260,7 +261,7 @@ def embed(model: nn.Module, tokenizer: CharTokenizer, seqs: list[str], pooling: 
         return torch.cat(out)
     width = int(lengths.max())
     ids, mask = _encode(tokenizer, seqs, device)
-    hidden = torch.cat([hidden_states(model, ids[i:i + batch_size], precision).cpu()
+    hidden = torch.cat([pool(hidden_states(model, ids[i:i + batch_size], precision), mask[i:i + batch_size], "none").cpu()
                         for i in range(0, len(seqs), batch_size)])
     return hidden[:, :width], mask[:, :width].cpu().bool()
 
@@ -292,7 +293,8 @@ def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[
     n, dim = len(names), backbone.config.d_model
     model.eval()
     summary = EmbeddingSummary(n, dim)
-    batches = _progress(_batches(records(), batch_size), progress, "embedding", total=math.ceil(n / batch_size))
+    batches = _progress(_batches(records(), batch_size), progress, "embedding", total=math.ceil(n / batch_size),
+                        unit="batch")
     if output.suffix == ".npy":
         output.parent.mkdir(parents=True, exist_ok=True)
         stem = output.with_suffix("")
@@ -396,7 +398,7 @@ def score_sequences(model: nn.Module, tokenizer: CharTokenizer, records: Iterabl
     lm = _lm(model).eval()
     device = _device_of(lm)
     l_max = lm.config.l_max
-    for batch in _progress(_batches(records, batch_size), progress, "scoring"):
+    for batch in _progress(_batches(records, batch_size), progress, "scoring", unit="batch"):
         for name, seq in batch:
             if len(seq) > l_max:
                 raise ValueError(f"record {name!r} has {len(seq)} bases, more than l_max={l_max}")
@@ -522,7 +524,8 @@ def variant_effects(model: nn.Module, tokenizer: CharTokenizer, vcf: str | Path,
             continue
         todo.append((v, seq))
 
-    for batch in _progress(_batches(todo, batch_size), progress, "variants"):
+    for batch in _progress(_batches(todo, batch_size), progress, "variants", total=math.ceil(len(todo) / batch_size),
+                           unit="batch"):
         refs = [seq for _, seq in batch]
         alts = [seq[:half] + v.alt + seq[half + 1:] for v, seq in batch]
         fwd = _llr(lm, tokenizer, refs, alts, half, device, precision)

@@ -74,6 +74,7 @@ def test_left_padding_changes_a_causal_model_so_it_is_not_used(lm, seqs) -> None
 def test_per_position_embeddings_come_with_a_mask(lm, seqs) -> None:
     hidden, mask = embed(lm, TOK, seqs, pooling="none", batch_size=2)
     assert hidden.shape == (len(seqs), 100, 16) and mask.sum(1).tolist() == [len(s) for s in seqs]
+    assert torch.all(hidden[~mask] == 0)
     for i, s in enumerate(seqs):
         torch.testing.assert_close(hidden[i, : len(s)], single_hidden(lm, s), atol=1e-5, rtol=1e-5)
 
