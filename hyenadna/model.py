@@ -517,8 +517,11 @@ class HyenaOperator(nn.Module):
         if seqlen > self.l_max:
             raise ValueError(f"input length {seqlen} exceeds l_max={self.l_max}: the implicit filter is "
                              f"defined only up to l_max (build the model with a larger l_max)")
-        x = _linear_channels_first(self.in_proj, u)  # (B, (O+1) D, L)
-        x = _ShortConvFn.apply(x, self.short_filter.weight, self.short_filter.bias)
+        if torch.is_grad_enabled():
+            x = _linear_channels_first(self.in_proj, u)  # (B, (O+1) D, L)
+            x = _ShortConvFn.apply(x, self.short_filter.weight, self.short_filter.bias)
+        else:
+            x = self._project_in_slices(u)
         *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
         if torch.is_grad_enabled():
@@ -534,6 +537,24 @@ class HyenaOperator(nn.Module):
                 v = fftconv_inference(v, k_f[o], bias[o], self.inference_chunk_elements)
         y = v * gates[0]
         return _linear_channels_last(self.out_proj, y)
+
+    def _project_in_slices(self, u: Tensor) -> Tensor:
+        """in_proj + short conv without grad, over slices of positions written into one
+        (B, (O+1) D, L) tensor: the unconvolved projection never exists whole (1.5 GB at 1M
+        tokens, D=128). Each slice starts k-1 positions early so its causal taps see real inputs."""
+        batch, seqlen, _ = u.shape
+        taps = self.short_filter.weight.shape[-1]
+        step = max(taps, self.inference_chunk_elements // (batch * self.in_proj.out_features))
+        out: Tensor | None = None
+        for s in range(0, seqlen, step):
+            lo = max(0, s - (taps - 1))
+            x = _linear_channels_first(self.in_proj, u[:, lo:s + step])
+            x = _ShortConvFn.apply(x, self.short_filter.weight, self.short_filter.bias)[..., s - lo:]
+            if out is None:
+                out = x.new_empty(batch, x.shape[1], seqlen)
+            out[..., s:s + step] = x
+        assert out is not None  # seqlen >= 1
+        return out
 
 
 def _linear_channels_first(linear: nn.Linear, u: Tensor) -> Tensor:

@@ -206,6 +206,11 @@ def test_bf16_autocast_stays_close_to_fp32() -> None:
     assert got.dtype == torch.bfloat16
     err = ((got.float() - want).norm() / want.norm()).item()
     assert err < 3e-2, err
+    op.inference_chunk_elements = 64 * 96  # the sliced inference path under autocast too
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        sliced = op(u)
+    assert sliced.dtype == torch.bfloat16
+    assert ((sliced.float() - want).norm() / want.norm()).item() < 3e-2
 
 
 def test_sliced_no_grad_filter_equals_whole_and_large_spectra_are_not_cached() -> None:
