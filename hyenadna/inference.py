@@ -497,7 +497,10 @@ def variant_effects(model: nn.Module, tokenizer: CharTokenizer, vcf: str | Path,
     device = _device_of(lm)
     half = window // 2
     result = VepResult([], [])
-    todo: list[tuple[Variant, str]] = []
+    batch: list[tuple[Variant, str]] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="variants", unit="variant", disable=not progress, dynamic_ncols=True)
     for v, line, reason in read_vcf(vcf):
         if reason is not None:
             result.skipped.append((v, line, reason))
@@ -522,23 +525,36 @@ def variant_effects(model: nn.Module, tokenizer: CharTokenizer, vcf: str | Path,
         if seq[half] != v.ref:
             result.skipped.append((v, line, f"REF mismatch: VCF REF={v.ref} but the FASTA has {seq[half]}"))
             continue
-        todo.append((v, seq))
-
-    for batch in _progress(_batches(todo, batch_size), progress, "variants", total=math.ceil(len(todo) / batch_size),
-                           unit="batch"):
-        refs = [seq for _, seq in batch]
-        alts = [seq[:half] + v.alt + seq[half + 1:] for v, seq in batch]
-        fwd = _llr(lm, tokenizer, refs, alts, half, device, precision)
-        rev = None
-        if reverse_complement:
-            rc = lambda s: s.translate(_COMPLEMENT)[::-1]  # noqa: E731
-            rev = _llr(lm, tokenizer, [rc(s) for s in refs], [rc(s) for s in alts], window - 1 - half,
-                       device, precision)
-        for i, (v, _) in enumerate(batch):
-            f = float(fwd[i])
-            r = None if rev is None else float(rev[i])
-            result.scores.append(VariantScore(v, f if r is None else (f + r) / 2, f, r))
+        batch.append((v, seq))
+        if len(batch) == batch_size:  # stream: only one batch of windows is ever held in memory
+            result.scores.extend(_score_variants(lm, tokenizer, batch, half, reverse_complement, device, precision))
+            bar.update(len(batch))
+            batch = []
+    if batch:
+        result.scores.extend(_score_variants(lm, tokenizer, batch, half, reverse_complement, device, precision))
+        bar.update(len(batch))
+    bar.close()
     return result
+
+
+def _score_variants(lm: HyenaDNAForCausalLM, tokenizer: CharTokenizer, batch: list[tuple[Variant, str]], half: int,
+                    reverse_complement: bool, device: torch.device, precision: Precision) -> list[VariantScore]:
+    """LLRs of one batch of (variant, reference window) pairs, forward and optionally reverse strand."""
+    window = len(batch[0][1])
+    refs = [seq for _, seq in batch]
+    alts = [seq[:half] + v.alt + seq[half + 1:] for v, seq in batch]
+    fwd = _llr(lm, tokenizer, refs, alts, half, device, precision)
+    rev = None
+    if reverse_complement:
+        def rc(s: str) -> str:
+            return s.translate(_COMPLEMENT)[::-1]
+        rev = _llr(lm, tokenizer, [rc(s) for s in refs], [rc(s) for s in alts], window - 1 - half, device, precision)
+    out = []
+    for i, (v, _) in enumerate(batch):
+        f = float(fwd[i])
+        r = None if rev is None else float(rev[i])
+        out.append(VariantScore(v, f if r is None else (f + r) / 2, f, r))
+    return out
 
 
 def _llr(lm: HyenaDNAForCausalLM, tokenizer: CharTokenizer, refs: list[str], alts: list[str], offset: int,
