@@ -296,12 +296,18 @@ def fftconv_inference(u: Tensor, k_f: Tensor, bias: Tensor, max_elements: int = 
         raise ValueError(f"filter spectrum has shape {tuple(k_f.shape)}, expected {(d, n // 2 + 1)} for L={seqlen}")
     batch = u.numel() // (d * seqlen)
     step = max(1, max_elements // max(1, batch * n))
-    y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
+
+    def channels(c0: int, c1: int) -> Tensor:
+        uc = u[..., c0:c1, :].float()
+        yc = torch.fft.irfft(torch.fft.rfft(uc, n=n) * k_f[c0:c1], n=n)[..., :seqlen]
+        return torch.addcmul(yc, uc, bias[c0:c1].float().unsqueeze(-1))
+
     with torch.autocast(device_type=u.device.type, enabled=False):
+        if step >= d:  # one chunk: no copy into an output buffer
+            return channels(0, d).to(u.dtype)
+        y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
         for c in range(0, d, step):
-            uc = u[..., c:c + step, :].float()
-            yc = torch.fft.irfft(torch.fft.rfft(uc, n=n) * k_f[c:c + step], n=n)[..., :seqlen]
-            y[..., c:c + step, :] = torch.addcmul(yc, uc, bias[c:c + step].float().unsqueeze(-1))
+            y[..., c:c + step, :] = channels(c, c + step)
     return y.to(u.dtype)
 
 
@@ -467,7 +473,7 @@ class HyenaFilter(nn.Module):
         with torch.autocast(device_type=self.bias.device.type, enabled=False):
             z, t = self.pos_emb(seqlen)
             z, t = z[0].to(self.bias.dtype), rearrange(t, "1 l 1 -> 1 l")
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() or seqlen <= self.inference_chunk_positions:
                 return self._filter_slice(z, t)
             h = torch.empty(self.d, seqlen, device=z.device)
             for s in range(0, seqlen, self.inference_chunk_positions):
@@ -545,6 +551,9 @@ class HyenaOperator(nn.Module):
         batch, seqlen, _ = u.shape
         taps = self.short_filter.weight.shape[-1]
         step = max(taps, self.inference_chunk_elements // (batch * self.in_proj.out_features))
+        if step >= seqlen:  # one slice: no copy into an output buffer
+            return _ShortConvFn.apply(_linear_channels_first(self.in_proj, u), self.short_filter.weight,
+                                      self.short_filter.bias)
         out: Tensor | None = None
         for s in range(0, seqlen, step):
             lo = max(0, s - (taps - 1))
