@@ -188,6 +188,35 @@ class Genome:
                 "sequence); remove them"
             )
         self.chrom_lengths: dict[str, int] = lengths
+        if self.readable_path == self.path and not is_gzip(self.path):
+            self._check_line_layout(fasta)
+
+    def _check_line_layout(self, fasta: pyfaidx.Fasta) -> None:
+        """Refuse records whose lines are not all as long as the first (the last may be shorter).
+
+        The .fai index assumes a fixed line width; pyfaidx accepts a final line that is LONGER
+        than the others and then silently returns wrong bases, so check where the newlines of
+        each record's last full line and of its final line fall.
+        """
+        with open(self.path, "rb") as handle:
+            for name, rec in fasta.faidx.index.items():
+                full, rem = divmod(rec.rlen, rec.lenc) if rec.lenc else (0, 0)
+                ends = []
+                if full:
+                    ends.append(rec.offset + full * rec.lenb - 1)
+                if rem:
+                    ends.append(rec.offset + full * rec.lenb + rem)
+                for pos in ends:
+                    handle.seek(pos)
+                    byte = handle.read(1)
+                    if byte not in (b"\n", b"\r", b""):
+                        # the index pyfaidx just wrote describes a layout the file does not have
+                        Path(fasta.faidx.indexname).unlink(missing_ok=True)
+                        raise ValueError(
+                            f"FASTA file {self.path}: record {name!r} has lines of unequal length "
+                            f"(expected {rec.lenc} bases per line, as its first line); rewrap it "
+                            "to a fixed width (e.g. `seqkit seq -w 60`)"
+                        )
 
     # -- opening -----------------------------------------------------------------
 

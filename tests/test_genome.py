@@ -149,6 +149,7 @@ def test_missing_fasta(tmp_path: Path) -> None:
         (">a\n>b\nACGT\n", r"empty record\(s\) \['a'\]"),
         (">a\nACGT\n>a\nACGT\n", "duplicate sequence names"),
         (">a\nACGTAC\nAC\nACGTAC\n", "cannot read FASTA file"),
+        (">a\nACGT\nACGT\nACGTACGTAA\n>b\nGGGG\n", "lines of unequal length"),
     ],
 )
 def test_malformed_fasta(tmp_path: Path, content: str, message: str) -> None:
