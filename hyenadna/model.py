@@ -285,21 +285,29 @@ def fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
     return y.to(u.dtype)
 
 
-def fftconv_inference(u: Tensor, k_f: Tensor, bias: Tensor, max_elements: int = 1 << 24) -> Tensor:
-    """`fftconv` without autograd, from the filter's spectrum k_f = rfft(k, fft_size(L)) (D, n // 2 + 1),
-    in channel chunks of at most `max_elements` padded values, so a 1M-token forward never holds
-    the whole (B, D, n) spectrum: channels are independent, so the result is the same.
+def fftconv_inference(u: Tensor, bias: Tensor, k: Tensor | None = None, k_f: Tensor | None = None,
+                      max_elements: int = 1 << 24) -> Tensor:
+    """`fftconv` without autograd, in channel chunks of at most `max_elements` padded values.
+
+    Give the filter k (D, L), or its spectrum k_f = rfft(k, fft_size(L)) (D, n // 2 + 1) when it
+    is cached. A 1M-token forward then never holds a whole (B, D, n) or (D, n) spectrum; channels
+    are independent, so the result is the same as one chunk.
     """
     seqlen, d = u.shape[-1], u.shape[-2]
     n = fft_size(seqlen)
-    if k_f.shape != (d, n // 2 + 1):
+    if (k is None) == (k_f is None):
+        raise ValueError("fftconv_inference needs exactly one of k (the filter) and k_f (its spectrum)")
+    if k is not None and k.shape != (d, seqlen):
+        raise ValueError(f"filter has shape {tuple(k.shape)}, expected {(d, seqlen)}")
+    if k_f is not None and k_f.shape != (d, n // 2 + 1):
         raise ValueError(f"filter spectrum has shape {tuple(k_f.shape)}, expected {(d, n // 2 + 1)} for L={seqlen}")
     batch = u.numel() // (d * seqlen)
     step = max(1, max_elements // max(1, batch * n))
 
     def channels(c0: int, c1: int) -> Tensor:
+        kc = torch.fft.rfft(k[c0:c1].float(), n=n) if k is not None else k_f[c0:c1]
         uc = u[..., c0:c1, :].float()
-        yc = torch.fft.irfft(torch.fft.rfft(uc, n=n) * k_f[c0:c1], n=n)[..., :seqlen]
+        yc = torch.fft.irfft(torch.fft.rfft(uc, n=n) * kc, n=n)[..., :seqlen]
         return torch.addcmul(yc, uc, bias[c0:c1].float().unsqueeze(-1))
 
     with torch.autocast(device_type=u.device.type, enabled=False):
@@ -442,18 +450,18 @@ class HyenaFilter(nn.Module):
         self._spectrum_cache = None
         return super().train(mode)
 
-    def spectrum(self, seqlen: int) -> Tensor:
-        """rfft of the filter at `fft_size(seqlen)` points: (D, n // 2 + 1) complex64, for inference.
+    def spectrum(self, seqlen: int) -> Tensor | None:
+        """The cached rfft of the filter at `fft_size(seqlen)` points, (D, n // 2 + 1) complex64, or
+        None where it is not cached (training mode, or larger than `spectrum_cache_max_bytes`).
 
         In eval mode it is computed once and reused while the parameters stay the same: the
         cache key holds every parameter's identity, storage, device and version counter, which
-        in-place updates (optimizer steps, load_state_dict) bump. One entry, the last length, and
-        only up to `spectrum_cache_max_bytes`.
+        in-place updates (optimizer steps, load_state_dict) bump. One entry: the last length.
         """
         n = fft_size(seqlen)
         if self.training or self.d * (n // 2 + 1) * 8 > self.spectrum_cache_max_bytes:
             self._spectrum_cache = None
-            return torch.fft.rfft(self.filter(seqlen), n=n)
+            return None
         key = (seqlen, n, *((id(p), p.data_ptr(), p.device, p.dtype, p._version) for p in self.parameters()))
         if self._spectrum_cache is None or self._spectrum_cache[0] != key:
             self._spectrum_cache = None  # free the old spectrum before building the new one
@@ -536,11 +544,20 @@ class HyenaOperator(nn.Module):
                 v = self.dropout(v * gate)
                 v = fftconv(v, k[o], bias[o])
         else:
-            # Inference: the filter spectrum is cached in eval mode, the conv runs in channel chunks.
-            k_f = rearrange(self.filter_fn.spectrum(seqlen), "(o d) f -> o d f", o=self.order - 1)
+            # Inference: the filter spectrum is cached in eval mode (else each channel chunk
+            # transforms its own slice of the filter), the conv runs in channel chunks.
+            k_f = self.filter_fn.spectrum(seqlen)
+            if k_f is None:
+                k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
+            else:
+                k_f = rearrange(k_f, "(o d) f -> o d f", o=self.order - 1)
             for o, gate in enumerate(reversed(gates[1:])):
                 v = self.dropout(v * gate)
-                v = fftconv_inference(v, k_f[o], bias[o], self.inference_chunk_elements)
+                if k_f is None:
+                    v = fftconv_inference(v, bias[o], k=k[o], max_elements=self.inference_chunk_elements)
+                else:
+                    v = fftconv_inference(v, bias[o], k_f=k_f[o], max_elements=self.inference_chunk_elements)
+            return _linear_channels_last(self.out_proj, v.mul_(gates[0]))  # v is ours: gate in place
         y = v * gates[0]
         return _linear_channels_last(self.out_proj, y)
 

@@ -128,9 +128,12 @@ def test_chunked_inference_conv_equals_whole(seqlen: int) -> None:
     k_f = torch.fft.rfft(k, n=fft_size(seqlen))
     whole = fftconv(u, k, bias)
     for budget in (1, 3 * fft_size(seqlen), 1 << 30):  # 1 channel, a ragged split, one chunk
-        torch.testing.assert_close(fftconv_inference(u, k_f, bias, budget), whole, rtol=0, atol=1e-6)
+        torch.testing.assert_close(fftconv_inference(u, bias, k_f=k_f, max_elements=budget), whole, rtol=0, atol=1e-6)
+        torch.testing.assert_close(fftconv_inference(u, bias, k=k, max_elements=budget), whole, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="filter spectrum has shape"):
-        fftconv_inference(u, k_f[:5], bias)
+        fftconv_inference(u, bias, k_f=k_f[:5])
+    with pytest.raises(ValueError, match="exactly one"):
+        fftconv_inference(u, bias, k=k, k_f=k_f)
 
 
 def small_lm(**overrides) -> HyenaDNAForCausalLM:
@@ -139,13 +142,16 @@ def small_lm(**overrides) -> HyenaDNAForCausalLM:
                                            **overrides))
 
 
-def test_chunked_no_grad_inference_equals_training_path() -> None:
+@pytest.mark.parametrize("cache", [True, False])
+def test_chunked_no_grad_inference_equals_training_path(cache: bool) -> None:
     model = small_lm().eval()
     ids = torch.randint(0, 12, (3, 97))
     want = model(ids).logits  # grad enabled: the autograd path, no chunks, no cache
     for layer in model.backbone.layers:
         layer.inference_chunk_tokens = 7  # 3 x 97 tokens in ragged slices of 2 positions
         layer.mixer.inference_chunk_elements = 200  # one channel at a time
+        layer.mixer.filter_fn.spectrum_cache_max_bytes = (1 << 28) if cache else 0
+        layer.mixer.filter_fn.inference_chunk_positions = 13
     with torch.inference_mode():
         got = model(ids).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -220,5 +226,4 @@ def test_sliced_no_grad_filter_equals_whole_and_large_spectra_are_not_cached() -
     with torch.no_grad():
         torch.testing.assert_close(filt.filter(80), want, rtol=1e-6, atol=1e-6)
         filt.spectrum_cache_max_bytes = 0
-        filt.spectrum(80)
-        assert filt._spectrum_cache is None
+        assert filt.spectrum(80) is None and filt._spectrum_cache is None
