@@ -18,8 +18,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from hyenadna.adapt import FinetuneModule, default_monitor
+from hyenadna.adapt import FinetuneModule, default_monitor, label_token_ids
 from hyenadna.checkpoint import load_pretrained
+from hyenadna.icl import check_prompt_length, evaluate_icl
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 from hyenadna.pretrain import _build, build_loggers, check_output_dir, check_targets
 from hyenadna.tasks import TaskDataModule
@@ -121,6 +122,13 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if task.longest + int(add_eos) > max_length:
         print(f"note: sequences up to {task.longest} bases are cropped ({dm.crop}) to {max_length} tokens "
               f"(model l_max {lm.config.l_max}, soft prompt {n_prompt})")
+    icl_length = max_length - int(add_eos)
+    if cfg.get("icl_shots"):
+        if task.problem_type != "single_label":
+            raise ValueError("icl_shots: in-context evaluation is for single-label classification")
+        label_token_ids(task.num_labels, list(m.label_tokens) if m.label_tokens else None)
+        for k in cfg.icl_shots:
+            check_prompt_length(lm.config.l_max, int(k), task.num_labels, icl_length)
     dm.setup("fit")
 
     optimizer = _build(cfg.optimizer, "optimizer")
@@ -162,11 +170,10 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
     }
     if cfg.get("icl_shots"):
-        from hyenadna.icl import evaluate_icl
-
         # The language model as it now stands: pretrained (head read-out), adapted (token read-out).
         result["icl"] = [evaluate_icl(lm, task.splits["train"], task.splits["test"], task.num_labels, int(k),
-                                      max_length - int(add_eos), seed=int(cfg.seed), limit=200)
+                                      icl_length, label_tokens=list(m.label_tokens) if m.label_tokens else None,
+                                      seed=int(cfg.seed), limit=200)
                          for k in cfg.icl_shots]
     if trainer.is_global_zero:
         (out / "results.json").write_text(json.dumps(result, indent=2))

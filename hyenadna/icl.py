@@ -52,18 +52,24 @@ def sample_demos(train: Split, num_classes: int, shots: int, rng: random.Random,
     return chosen
 
 
+def check_prompt_length(l_max: int, shots: int, num_classes: int, max_length: int) -> int:
+    """Tokens in a k-shot prompt; raise if it does not fit the model's l_max."""
+    if shots < 0:
+        raise ValueError(f"shots must be >= 0, got {shots}")
+    prompt_len = shots * num_classes * (max_length + 3) + max_length + 1
+    if prompt_len > l_max:
+        raise ValueError(f"a {shots}-shot prompt of {num_classes} classes x {max_length} bases is {prompt_len} tokens, "
+                         f"more than the model's l_max={l_max}; lower shots or max_length")
+    return prompt_len
+
+
 @torch.inference_mode()
 def evaluate_icl(lm: HyenaDNAForCausalLM, train: Split, test: Split, num_classes: int, shots: int,
                  max_length: int, label_tokens: list[str] | None = None, seed: int = 0,
                  limit: int | None = None) -> dict[str, float]:
     """k-shot accuracy of a frozen LM on ``test`` (first ``limit`` examples), demonstrations from ``train``."""
-    if shots < 0:
-        raise ValueError(f"shots must be >= 0, got {shots}")
+    check_prompt_length(lm.config.l_max, shots, num_classes, max_length)
     tokens = label_token_ids(num_classes, label_tokens)
-    prompt_len = shots * num_classes * (max_length + 3) + max_length + 1
-    if prompt_len > lm.config.l_max:
-        raise ValueError(f"a {shots}-shot prompt of {num_classes} classes x {max_length} bases is {prompt_len} tokens, "
-                         f"more than the model's l_max={lm.config.l_max}; lower shots or max_length")
     tok = CharTokenizer()
     rng = random.Random(seed)
     lm.eval()

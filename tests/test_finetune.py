@@ -1,0 +1,111 @@
+"""finetune.py end to end: configs compose, a smoke pretraining checkpoint finetunes, bad input fails early."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from hyenadna.finetune import REPO_ROOT, fit
+from hyenadna.pretrain import check_targets
+from hyenadna.pretrain import fit as pretrain_fit
+from hyenadna.tasks import TaskDataModule
+
+CONFIGS = str(REPO_ROOT / "configs")
+METHODS = sorted(p.stem for p in (REPO_ROOT / "configs" / "method").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (REPO_ROOT / "configs" / "task").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO_ROOT / "configs" / "experiment").glob("ft_*.yaml"))
+
+
+def finetune_cfg(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose(config_name="finetune", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def smoke_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real train.py checkpoint: helper `fit` with the smoke experiment (d32, l_max 130, 12 steps)."""
+    out = tmp_path_factory.mktemp("pretrain")
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=smoke", f"output_dir={out}", "logger=none"])
+    return pretrain_fit(cfg)["last_checkpoint"]
+
+
+@pytest.fixture
+def task_dir(tmp_path: Path) -> Path:
+    rng = random.Random(0)
+    root = tmp_path / "task"
+    root.mkdir()
+    for split, n in (("train", 24), ("test", 8)):
+        rows = ["seq\ty"]
+        for i in range(n):
+            # Class 1 is GC-rich: learnable, so the metrics are not all chance.
+            alphabet = "GGCCAT" if i % 2 else "AATTGC"
+            rows.append(f"{''.join(rng.choice(alphabet) for _ in range(rng.randint(20, 60)))}\t{i % 2}")
+        (root / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("task", TASKS)
+def test_configs_compose_and_targets_are_safe(tmp_path: Path, method: str, task: str) -> None:
+    extra = [] if task == "species" else [f"task.data={tmp_path}"] + (["task.reference=x.fa"] if task == "bed" else [])
+    cfg = finetune_cfg(f"method={method}", f"task={task}", f"output_dir={tmp_path}", *extra)
+    check_targets(cfg)
+    assert cfg.method.name in ("soft_prompt", "linear_probe", "full")
+    if task == "species":
+        dm = instantiate(cfg.task)
+        assert isinstance(dm, TaskDataModule)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_finetune_experiments_compose(tmp_path: Path, experiment: str) -> None:
+    check_targets(finetune_cfg(f"experiment={experiment}", f"output_dir={tmp_path}"))
+
+
+def test_shipped_species_task_loads() -> None:
+    dm = TaskDataModule(str(REPO_ROOT / "data" / "species"), format="fasta")
+    task = dm.load()
+    assert task.label_names == ["ecoli", "human", "pfalciparum", "saureus", "vcholerae"]
+    assert {k: len(v) for k, v in task.splits.items()} == {"train": 2000, "valid": 500, "test": 1000}
+    assert not task.valid_carved and task.longest == 256
+
+
+@pytest.mark.parametrize("method", ["soft_prompt_token", "linear_probe"])
+def test_smoke_finetune_from_smoke_pretraining(tmp_path: Path, smoke_checkpoint: str, task_dir: Path,
+                                               method: str) -> None:
+    out = tmp_path / "ft"
+    cfg = finetune_cfg(f"pretrained={smoke_checkpoint}", f"method={method}", "task=table", f"task.data={task_dir}",
+                       "task.sequence_column=seq", "task.label_columns=y", "task.batch_size=8",
+                       "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "logger=none",
+                       "icl_shots=[0]", f"output_dir={out}", "torch_threads=1")
+    result = fit(cfg)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["test"] == result["test"]
+    assert set(result["test"]) >= {"acc", "mcc", "f1", "auroc", "loss"}
+    assert 0.0 <= result["test"]["acc"] <= 1.0
+    assert Path(result["best_checkpoint"]).is_file()
+    assert result["label_names"] == ["0", "1"] and result["max_length"] == 60 + (method == "soft_prompt_token")
+    assert result["icl"][0]["shots"] == 0.0 and result["icl"][0]["n"] == 8
+
+
+def test_bad_setups_fail_before_training(tmp_path: Path, smoke_checkpoint: str, task_dir: Path) -> None:
+    base = [f"pretrained={smoke_checkpoint}", "task=table", f"task.data={task_dir}", "task.sequence_column=seq",
+            "task.label_columns=y", f"output_dir={tmp_path}", "logger=none"]
+    with pytest.raises(ValueError, match=r"task.max_length=100 exceeds what the model allows here \(2 tokens"):
+        fit(finetune_cfg(*base, "method=soft_prompt", "method.n_soft_tokens=128", "task.max_length=100"))
+    with pytest.raises(ValueError, match="n_soft_tokens=200 leaves no room in the model's l_max=130"):
+        fit(finetune_cfg(*base, "method=soft_prompt", "method.n_soft_tokens=200"))
+    with pytest.raises(ValueError, match=r"column\(s\) \['label'\] not found"):
+        fit(finetune_cfg(*base, "task.label_columns=label"))
+    with pytest.raises(ValueError, match="1-shot prompt of 2 classes x 60 bases is 187 tokens"):
+        fit(finetune_cfg(*base, "icl_shots=[1]"))
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        fit(finetune_cfg(*base, f"pretrained={tmp_path / 'missing.ckpt'}"))
+    with pytest.raises(ValueError, match="unknown top-level config key"):
+        fit(finetune_cfg(*base, "+lr=3"))
