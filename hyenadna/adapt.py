@@ -81,7 +81,7 @@ def make_metrics(problem_type: str, num_labels: int) -> torchmetrics.MetricColle
             "acc": torchmetrics.Accuracy(**kw), "mcc": torchmetrics.MatthewsCorrCoef(**kw),
             "f1": torchmetrics.F1Score(average="macro", **kw), "auroc": torchmetrics.AUROC(average="macro", **kw)})
     metrics: dict[str, torchmetrics.Metric] = {"mse": torchmetrics.MeanSquaredError(),
-                                               "r2": torchmetrics.R2Score(num_outputs=num_labels)}
+                                               "r2": torchmetrics.R2Score()}
     metrics["pearson"] = torchmetrics.PearsonCorrCoef(num_outputs=num_labels)
     return torchmetrics.MetricCollection(metrics)
 

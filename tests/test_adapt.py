@@ -165,3 +165,24 @@ def test_icl_evaluation_runs_and_checks_length() -> None:
     assert res["n"] == 4 and 0.0 <= res["accuracy"] <= 1.0
     with pytest.raises(ValueError, match="more than the model's l_max=64"):
         evaluate_icl(lm, train, train, num_classes=2, shots=4, max_length=6)
+
+
+@pytest.mark.parametrize("problem_type,labels", [
+    ("multi_label", torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]])),
+    ("regression", torch.tensor([[0.5], [-1.0], [2.0], [0.0]])),
+    ("single_label", torch.tensor([0, 1, 2, 1])),
+])
+def test_losses_and_metrics_for_every_problem_type(problem_type: str, labels: torch.Tensor) -> None:
+    n = labels.shape[1] if labels.dim() == 2 else 3
+    module = FinetuneModule(tiny_lm(), n, problem_type=problem_type, method="full", pooling="mean").eval()
+    batch = {"input_ids": torch.randint(7, 11, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long),
+             "labels": labels}
+    scores, loss = module.scores_and_loss(batch)
+    assert scores.shape == (4, n) and torch.isfinite(loss)
+    module._update(module.val_metrics, scores, labels)
+    values = module.val_metrics.compute()
+    expected = {"regression": {"val/mse", "val/r2", "val/pearson"}}.get(
+        problem_type, {"val/acc", "val/mcc", "val/f1", "val/auroc"})
+    assert set(values) == expected
+    if problem_type == "regression":
+        assert float(values["val/mse"]) == pytest.approx(float(loss), rel=1e-5)
