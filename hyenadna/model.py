@@ -583,13 +583,18 @@ class HyenaOperator(nn.Module):
         return out
 
 
+def _plain_linear(module: nn.Module) -> bool:
+    """True for an nn.Linear with no forward hooks: safe to apply as a raw GEMM on its weights."""
+    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+
+
 def _linear_channels_first(linear: nn.Linear, u: Tensor) -> Tensor:
     """linear(u) for u (B, L, D_in), returned as a contiguous (B, D_out, L): W @ u^T + b in one GEMM.
 
-    Any other module in the slot (an adapter wrapping the Linear, say) is called as a module and
-    transposed, so hooks and wrappers still see their input.
+    Any other module in the slot (an adapter wrapping the Linear, say), or a Linear with forward
+    hooks, is called as a module and transposed, so wrappers and hooks still see their input.
     """
-    if type(linear) is not nn.Linear:
+    if not _plain_linear(linear):
         return rearrange(linear(u), "b l d -> b d l").contiguous()
     w = linear.weight.expand(u.shape[0], -1, -1)
     if linear.bias is None:
@@ -599,7 +604,7 @@ def _linear_channels_first(linear: nn.Linear, u: Tensor) -> Tensor:
 
 def _linear_channels_last(linear: nn.Linear, y: Tensor) -> Tensor:
     """linear(y^T) for y (B, D_in, L) channels first -> (B, L, D_out): y^T @ W^T + b in one GEMM."""
-    if type(linear) is not nn.Linear:
+    if not _plain_linear(linear):
         return linear(rearrange(y, "b d l -> b l d"))
     w = linear.weight.mT.expand(y.shape[0], -1, -1)
     if linear.bias is None:

@@ -227,3 +227,17 @@ def test_sliced_no_grad_filter_equals_whole_and_large_spectra_are_not_cached() -
         torch.testing.assert_close(filt.filter(80), want, rtol=1e-6, atol=1e-6)
         filt.spectrum_cache_max_bytes = 0
         assert filt.spectrum(80) is None and filt._spectrum_cache is None
+
+
+def test_hooked_or_wrapped_projections_still_see_their_inputs() -> None:
+    """The transpose-free GEMMs bypass nn.Linear.__call__, so a hook on in_proj/out_proj must make the
+    operator fall back to the module call (same result)."""
+    torch.manual_seed(0)
+    op = make_operator()
+    u = torch.randn(2, 30, 16)
+    want = op(u)
+    seen: list[tuple[int, ...]] = []
+    op.in_proj.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    op.out_proj.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    torch.testing.assert_close(op(u), want, rtol=1e-6, atol=1e-6)
+    assert seen == [(2, 30, 16), (2, 30, 16)]
