@@ -30,7 +30,8 @@ from hyenadna.model import Block, HyenaConfig, count_parameters
 from hyenadna.pretrain_data import PretrainDataModule
 
 TOP_LEVEL_KEYS = frozenset({"model", "data", "trainer", "logger", "optimizer", "scheduler", "callbacks",
-                            "baseline", "seed", "output_dir", "ckpt_path", "experiment_name", "torch_threads"})
+                            "baseline", "seed", "output_dir", "ckpt_path", "experiment_name", "torch_threads",
+                            "global_batch_size"})
 ALLOWED_TARGET_PREFIXES = ("hyenadna.", "torch.optim.", "lightning.pytorch.")
 
 
@@ -55,6 +56,18 @@ def _build(node: DictConfig, group: str, **kwargs: Any) -> Any:
     except Exception as err:  # Hydra wraps the constructor's error; unwrap it for the user
         cause = err.__cause__ or err
         raise ValueError(f"config `{group}` is invalid: {cause}") from None
+
+
+def derive_accumulation(global_batch_size: int, batch_size: int, world_size: int, configured: int) -> int:
+    """Gradient accumulation = global batch / (per-device batch x devices x nodes), exactly."""
+    if configured != 1:
+        raise ValueError(f"set either global_batch_size ({global_batch_size}) or trainer.accumulate_grad_batches "
+                         f"({configured}), not both")
+    per_step = batch_size * world_size
+    if global_batch_size % per_step:
+        raise ValueError(f"global_batch_size={global_batch_size} is not a multiple of data.batch_size={batch_size} "
+                         f"x {world_size} device(s)")
+    return global_batch_size // per_step
 
 
 def check_output_dir(path: str | os.PathLike[str]) -> Path:
@@ -195,6 +208,9 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [_build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items() if node is not None]
     loggers = build_loggers(cfg, out)
     trainer = _build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
+    if cfg.get("global_batch_size"):
+        trainer.accumulate_grad_batches = derive_accumulation(int(cfg.global_batch_size), dm.batch_size,
+                                                              trainer.world_size, trainer.accumulate_grad_batches)
     if trainer.is_global_zero:
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
         print(f"model: {count_parameters(module.model):,} parameters ({config.d_model=}, {config.n_layer=}, "
@@ -238,7 +254,11 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     for k, ppl in result.get("markov_ppl", {}).items():
         lines.append(f"  Markov order-{k} baseline{' (best)' if k == result['best_markov_order'] else '':7}  {ppl:.3f}")
     if orders:
-        verdict = "beats" if result["val_ppl"] < result["best_markov_ppl"] else "does NOT beat"
-        lines.append(f"the model {verdict} the best Markov baseline")
+        beaten = [k for k in orders if result["val_ppl"] < result["markov_ppl"][k]]
+        not_beaten = [k for k in orders if k not in beaten]
+        verdict = f"beats the Markov baseline of order {', '.join(map(str, beaten))}" if beaten else \
+            "beats no Markov baseline"
+        lines.append(f"the model {verdict}" + (f"; not order {', '.join(map(str, not_beaten))}" if not_beaten else ""))
+        result["beats_markov_orders"] = beaten
     print("\n".join(lines))
     return result
