@@ -99,9 +99,17 @@ def _all_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("experiment", ["null", *_all_options("experiment")])
+# `ft_*` experiments belong to configs/finetune.yaml (tests/test_finetune*.py); the rest to train.yaml.
+PRETRAIN_EXPERIMENTS = [e for e in _all_options("experiment") if not e.startswith("ft_")]
+
+
+def test_pretraining_experiments_are_found() -> None:
+    assert {"smoke", "chrx_15min", "chrx_15min_plain", "hg38_tiny_1k", "hg38_large_1m"} <= set(PRETRAIN_EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", ["null", *PRETRAIN_EXPERIMENTS])
 def test_every_experiment_composes_and_instantiates(tmp_path: Path, experiment: str) -> None:
-    cfg = make_cfg(tmp_path, f"experiment={experiment}")
+    cfg = make_cfg(tmp_path, *([] if experiment == "null" else [f"experiment={experiment}"]))
     check_targets(cfg)
     config = instantiate(cfg.model)
     assert isinstance(config, HyenaConfig)
