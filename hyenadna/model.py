@@ -249,26 +249,31 @@ class _ShortConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, weight)
-        return _shifted_taps(x, weight[:, 0], bias.unsqueeze(-1))
+        ctx.param_dtypes = (weight.dtype, bias.dtype)
+        # In x's dtype, as nn.Conv1d under autocast: bf16 activations stay bf16, not promoted to fp32.
+        return _shifted_taps(x, weight[:, 0].to(x.dtype), bias.to(x.dtype).unsqueeze(-1))
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         taps, seqlen = weight.shape[-1], x.shape[-1]
         grad_x = grad_w = grad_b = None
+        w_dtype, b_dtype = ctx.param_dtypes
+        acc = torch.promote_types(grad_y.dtype, torch.float32)  # sums of B x L terms: at least fp32
         if ctx.needs_input_grad[0]:
-            grad_x = _shifted_taps(grad_y, weight[:, 0], torch.zeros((), dtype=grad_y.dtype), reverse=True)
+            grad_x = _shifted_taps(grad_y, weight[:, 0].to(grad_y.dtype), torch.zeros((), dtype=grad_y.dtype),
+                                   reverse=True).to(x.dtype)
         if ctx.needs_input_grad[1]:
             cols = []
             for j in range(taps):
                 lag = taps - 1 - j  # tap j multiplies x_{t - lag}
                 if lag >= seqlen:
-                    cols.append(grad_y.new_zeros(x.shape[1]))
+                    cols.append(grad_y.new_zeros(x.shape[1], dtype=acc))
                 else:
-                    cols.append((grad_y[..., lag:] * x[..., :seqlen - lag]).sum((0, 2)))
-            grad_w = torch.stack(cols, dim=-1).unsqueeze(1)
+                    cols.append((grad_y[..., lag:] * x[..., :seqlen - lag]).sum((0, 2), dtype=acc))
+            grad_w = torch.stack(cols, dim=-1).unsqueeze(1).to(w_dtype)
         if ctx.needs_input_grad[2]:
-            grad_b = grad_y.sum((0, 2))
+            grad_b = grad_y.sum((0, 2), dtype=acc).to(b_dtype)
         return grad_x, grad_w, grad_b
 
 

@@ -210,6 +210,9 @@ def test_bf16_autocast_stays_close_to_fp32() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = op(u)
     assert got.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the short conv keeps bf16, as nn.Conv1d would
+        x = _ShortConvFn.apply(op.in_proj(u).mT, op.short_filter.weight, op.short_filter.bias)
+    assert x.dtype == torch.bfloat16
     err = ((got.float() - want).norm() / want.norm()).item()
     assert err < 3e-2, err
     op.inference_chunk_elements = 64 * 96  # the sliced inference path under autocast too
