@@ -240,8 +240,8 @@ def _shifted_taps(x: Tensor, taps: Tensor, init: Tensor, reverse: bool = False) 
 class _ShortConvFn(torch.autograd.Function):
     """Causal depthwise convolution y_t = b + sum_j w_j x_{t-k+1+j} as k shifted multiply-adds.
 
-    Same result as the module's `nn.Conv1d` (padding k-1, first L outputs), about 10x faster on
-    CPU than oneDNN's depthwise kernel at k = 3, whose backward was the largest single op of
+    Same result as the module's `nn.Conv1d` (padding k-1, first L outputs), several times faster
+    on CPU than oneDNN's depthwise kernel at k = 3, whose backward was the largest single op of
     the operator at 1k in the profile. The input gradient is the same sum looking ahead; the
     weight gradient is k dot products per channel.
     """
