@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +21,7 @@ from hyenadna.adapt import FinetuneModule, default_monitor, label_token_ids
 from hyenadna.checkpoint import load_pretrained
 from hyenadna.icl import check_prompt_length, evaluate_icl
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
-from hyenadna.pretrain import _build, build_loggers, check_output_dir, check_targets
+from hyenadna.pretrain import _build, build_loggers, start_run
 from hyenadna.tasks import TaskDataModule
 from hyenadna.tokenizer import CharTokenizer
 
@@ -89,14 +88,7 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 def fit(cfg: DictConfig) -> dict[str, Any]:
     """Finetune as `cfg` says; return test (and best validation) metrics and the output paths."""
-    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
-    if unknown:
-        raise ValueError(f"unknown top-level config key(s) {unknown}; known: {sorted(TOP_LEVEL_KEYS)}")
-    check_targets(cfg)
-    out = check_output_dir(cfg.output_dir)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    out = start_run(cfg, TOP_LEVEL_KEYS)
 
     # 1. The data: every file read and checked before any model is built or trained.
     task_cfg = OmegaConf.to_container(cfg.task, resolve=True)

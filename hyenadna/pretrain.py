@@ -175,16 +175,23 @@ def plot_losses(metrics_csv: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def fit(cfg: DictConfig) -> dict[str, Any]:
-    """Pretrain as `cfg` says and return the final metrics (val loss/ppl/acc, Markov baselines, paths)."""
-    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
+def start_run(cfg: DictConfig, known_keys: frozenset[str]) -> Path:
+    """Checks shared by train.py and finetune.py before any work: top-level keys, `_target_`s,
+    a writable output folder; then threads and seeds. Returns the output folder."""
+    unknown = sorted(set(cfg) - known_keys)
     if unknown:
-        raise ValueError(f"unknown top-level config key(s) {unknown}; known: {sorted(TOP_LEVEL_KEYS)}")
+        raise ValueError(f"unknown top-level config key(s) {unknown}; known: {sorted(known_keys)}")
     check_targets(cfg)
     out = check_output_dir(cfg.output_dir)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    return out
+
+
+def fit(cfg: DictConfig) -> dict[str, Any]:
+    """Pretrain as `cfg` says and return the final metrics (val loss/ppl/acc, Markov baselines, paths)."""
+    out = start_run(cfg, TOP_LEVEL_KEYS)
 
     config = _build(cfg.model, "model")
     if not isinstance(config, HyenaConfig):

@@ -18,13 +18,7 @@ from hyenadna.optim import cosine_warmup_scheduler, cosine_with_warmup, paramete
 
 TINY = dict(d_model=32, n_layer=2, d_inner=64, l_max=66)
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from two, and a busy CI box makes two thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def module(**kwargs) -> CausalLMModule:

@@ -13,13 +13,7 @@ from hyenadna.model import HyenaConfig
 from hyenadna.pretrain_data import PretrainDataModule
 from hyenadna.warmup import SequenceLengthWarmup, build_stages, doubling_lengths
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from two, and a busy CI box makes two thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_default_schedule_doubles_from_64_and_keeps_tokens_per_step() -> None:
