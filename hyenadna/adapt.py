@@ -25,7 +25,7 @@ import torchmetrics
 from torch import Tensor, nn
 
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM, HyenaDNAForSequenceClassification, pool_hidden
-from hyenadna.optim import build_optimizer
+from hyenadna.optim import lightning_optimizers
 from hyenadna.tokenizer import CharTokenizer
 
 Method = Literal["soft_prompt", "linear_probe", "full"]
@@ -200,11 +200,8 @@ class FinetuneModule(pl.LightningModule):
         """AdamW on the trainable parameters only (frozen ones never reach the optimizer)."""
         if not any(p.requires_grad for p in self.parameters()):
             raise ValueError("nothing to train: every parameter is frozen")
-        optimizer = build_optimizer(self.optimizer_factory, self)
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_optimizers(self.optimizer_factory, self.scheduler_factory, self,
+                                    self.trainer.estimated_stepping_batches)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the architecture and the task's labels beside the weights."""

@@ -297,8 +297,13 @@ class Genome:
 
     # -- access ------------------------------------------------------------------
 
-    def fetch(self, chrom: str, start: int, end: int) -> str:
-        """Bases [start, end) of ``chrom`` (0-based, half-open), case as in the file."""
+    def fetch(self, chrom: str, start: int, end: int, strand: str = "+") -> str:
+        """Bases [start, end) of ``chrom`` (0-based, half-open), case as in the file; strand "-"
+        (BED column 6) returns the reverse complement."""
+        seq = self._fetch_forward(chrom, start, end)
+        return reverse_complement_str(seq) if strand == "-" else seq
+
+    def _fetch_forward(self, chrom: str, start: int, end: int) -> str:
         length = self.chrom_lengths.get(chrom)
         if length is None:
             raise ValueError(
@@ -321,6 +326,14 @@ class Genome:
 
     def __repr__(self) -> str:
         return f"Genome({str(self.path)!r}, {len(self.chrom_lengths)} sequences)"
+
+
+_DNA_COMPLEMENT = str.maketrans("ACGTNacgtnRYKMSWBDHVrykmswbdhv", "TGCANtgcanYRMKSWVHDByrmkswvhdb")
+
+
+def reverse_complement_str(seq: str) -> str:
+    """Reverse complement of a DNA string, IUPAC codes and soft-masked case kept."""
+    return seq.translate(_DNA_COMPLEMENT)[::-1]
 
 
 def _explain_pyfaidx_error(path: Path, err: Exception) -> str:

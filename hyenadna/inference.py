@@ -121,15 +121,12 @@ def read_bed_sequences(bed: str | Path, fasta: str | Path) -> Iterator[Record]:
             if not 0 <= start < end:
                 raise ValueError(f"{where}: need 0 <= start < end, got {start}, {end}")
             try:
-                seq = genome.fetch(cols[0], start, end)
+                seq = genome.fetch(cols[0], start, end, strand=cols[5] if len(cols) >= 6 else "+")
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
-            if len(cols) >= 6 and cols[5] == "-":
-                seq = seq.translate(_COMPLEMENT)[::-1]
             yield (cols[3] if len(cols) >= 4 and cols[3] else f"{cols[0]}:{start}-{end}"), seq
 
 
-_COMPLEMENT = str.maketrans("ACGTNacgtnRYKMSWBDHVrykmswbdhv", "TGCANtgcanYRMKSWVHDByrmkswvhdb")
 
 
 def open_records(path: str | Path, fmt: str | None = None, *, fasta: str | Path | None = None,
@@ -546,8 +543,8 @@ def _score_variants(lm: HyenaDNAForCausalLM, tokenizer: CharTokenizer, batch: li
     fwd = _llr(lm, tokenizer, refs, alts, half, device, precision)
     rev = None
     if reverse_complement:
-        def rc(s: str) -> str:
-            return s.translate(_COMPLEMENT)[::-1]
+        from hyenadna.genome import reverse_complement_str as rc
+
         rev = _llr(lm, tokenizer, [rc(s) for s in refs], [rc(s) for s in alts], window - 1 - half, device, precision)
     out = []
     for i, (v, _) in enumerate(batch):

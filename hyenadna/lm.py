@@ -23,7 +23,7 @@ from torch import Tensor
 from torchmetrics import SumMetric
 
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM, count_parameters
-from hyenadna.optim import build_optimizer
+from hyenadna.optim import lightning_optimizers
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -152,11 +152,8 @@ class CausalLMModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW on the weight-decay groups of `hyenadna.optim`; the schedule steps per optimizer step."""
-        optimizer = build_optimizer(self.optimizer_factory, self.model)
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_optimizers(self.optimizer_factory, self.scheduler_factory, self.model,
+                                    self.trainer.estimated_stepping_batches)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the architecture as a plain dict and the RNG states for exact resume."""

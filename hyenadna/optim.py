@@ -72,6 +72,17 @@ def build_optimizer(optimizer: Callable[..., torch.optim.Optimizer], model: nn.M
     return optimizer(parameter_groups(model, weight_decay))
 
 
+def lightning_optimizers(optimizer: Callable[..., torch.optim.Optimizer],
+                         scheduler: Callable[..., Any] | None, model: nn.Module,
+                         total_steps: int | float) -> dict[str, Any]:
+    """`configure_optimizers` output shared by the pretraining and finetuning modules: the
+    optimizer on `parameter_groups`, and the schedule (if any) stepped per optimizer step."""
+    opt = build_optimizer(optimizer, model)
+    if scheduler is None:
+        return {"optimizer": opt}
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt, total_steps=total_steps), "interval": "step"}}
+
+
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """Learning-rate multiplier: linear 0 -> 1 over warmup_steps, then cosine 1 -> min_lr_ratio at total_steps."""
     if step < warmup_steps:

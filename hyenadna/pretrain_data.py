@@ -110,6 +110,15 @@ class Window:
     end: int
 
 
+def encode_window(genomes: Sequence[Genome], tokenizer: CharTokenizer, w: Window) -> np.ndarray:
+    """Token ids of the bases of ``w``; a bad character names the FASTA and the coordinates."""
+    bases = genomes[w.genome].fetch(w.chrom, w.start, w.end)
+    try:
+        return tokenizer.encode(bases)
+    except ValueError as err:
+        raise ValueError(f"FASTA {genomes[w.genome].path}, {w.chrom}:{w.start}-{w.end}: {err}") from None
+
+
 def window_is_usable(ids: np.ndarray, max_n_fraction: float) -> bool:
     """False for a window made only of N, or with more than ``max_n_fraction`` N."""
     n_count = int(np.count_nonzero(ids == CharTokenizer.N_ID))
@@ -199,13 +208,7 @@ class TrainWindowDataset(Dataset):
         return window, flip, self._encode(window)
 
     def _encode(self, w: Window) -> np.ndarray:
-        bases = self.genomes[w.genome].fetch(w.chrom, w.start, w.end)
-        try:
-            return self.tokenizer.encode(bases)
-        except ValueError as err:
-            raise ValueError(
-                f"FASTA {self.genomes[w.genome].path}, {w.chrom}:{w.start}-{w.end}: {err}"
-            ) from None
+        return encode_window(self.genomes, self.tokenizer, w)
 
     def window(self, epoch: int, index: int) -> tuple[Window, bool]:
         """The window and strand flip of item ``index`` in ``epoch`` (no tensors built)."""
@@ -266,13 +269,7 @@ class FixedWindowDataset(Dataset):
     def encode(self, index: int) -> np.ndarray:
         """Token ids of the bases of window ``index``."""
         w = self.windows[index]
-        bases = self.genomes[w.genome].fetch(w.chrom, w.start, w.end)
-        try:
-            return self.tokenizer.encode(bases)
-        except ValueError as err:
-            raise ValueError(
-                f"FASTA {self.genomes[w.genome].path}, {w.chrom}:{w.start}-{w.end}: {err}"
-            ) from None
+        return encode_window(self.genomes, self.tokenizer, w)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return shift_window(self.encode(index), self.length)

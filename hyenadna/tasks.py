@@ -46,7 +46,6 @@ SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "val", "validation", "dev
 TABLE_EXTS = (".csv", ".tsv")
 FASTA_EXTS = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")
 BED_EXTS = (".bed",)
-_COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
 
 
 @dataclass
@@ -233,11 +232,9 @@ def read_bed_split(path: Path, reference: Path, label_column: int) -> list[Recor
             except ValueError:
                 raise ValueError(f"{where}: start and end must be integers, got {cols[1]!r} {cols[2]!r}") from None
             try:
-                seq = genome.fetch(cols[0], start, end)
+                seq = genome.fetch(cols[0], start, end, strand=cols[5] if len(cols) >= 6 else "+")
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
-            if len(cols) >= 6 and cols[5] == "-":
-                seq = seq.translate(_COMPLEMENT)[::-1]
             records.append((seq, (cols[label_column - 1].strip(),), where))
     if not records:
         raise ValueError(f"BED file {path} has no intervals")
