@@ -220,6 +220,59 @@ class _FFTConvFn(torch.autograd.Function):
         return grad_u, grad_k, grad_bias
 
 
+class _GatedFFTConvFn(torch.autograd.Function):
+    """The order-2 Hyena core on the short-conv output x = [x0; x1; v] (B, 3D, L), fp32:
+    y = x0 * (k * z + bias z) with z = x1 v and * the causal long convolution.
+
+    One node instead of gate, FFT conv, gate: backward writes the three input gradients straight
+    into one (B, 3D, L) buffer (autograd would concatenate them after the split), and the gated
+    product z is recomputed from x rather than stored.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, k: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        d, seqlen = x.shape[1] // 3, x.shape[-1]
+        x0, x1, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
+        n = fft_size(seqlen)
+        z = v * x1
+        k_f = torch.fft.rfft(k, n=n)
+        z_f = torch.fft.rfft(z, n=n)
+        c = torch.addcmul(torch.fft.irfft(z_f * k_f, n=n)[..., :seqlen], z, bias.unsqueeze(-1))
+        ctx.save_for_backward(x, z_f, k_f, c, bias)
+        ctx.n = n
+        return c * x0
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, z_f, k_f, c, bias = ctx.saved_tensors
+        n, seqlen, d = ctx.n, x.shape[-1], x.shape[1] // 3
+        x0, x1, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
+        grad_y = grad_y.contiguous()
+        gc = grad_y * x0  # gradient of the conv output c
+        gc_f = torch.fft.rfft(gc, n=n)
+        grad_x = grad_k = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x)
+            torch.mul(grad_y, c, out=grad_x[:, :d])
+            # correlation with k: grad_z_s = sum_t gc_t k_{t-s}, plus the skip term
+            grad_z = torch.addcmul(torch.fft.irfft(gc_f * k_f.conj(), n=n)[..., :seqlen], gc, bias.unsqueeze(-1))
+            torch.mul(grad_z, v, out=grad_x[:, d:2 * d])
+            torch.mul(grad_z, x1, out=grad_x[:, 2 * d:])
+        if ctx.needs_input_grad[1]:
+            grad_k = torch.fft.irfft((gc_f * z_f.conj()).sum(0), n=n)[..., :seqlen]
+        if ctx.needs_input_grad[2]:
+            grad_bias = torch.linalg.vecdot(gc, v * x1).sum(0)
+        return grad_x, grad_k, grad_bias
+
+
+def gated_fftconv(x: Tensor, k: Tensor, bias: Tensor) -> Tensor:
+    """Order-2 Hyena core x0 * fftconv(x1 * v, k, bias) for x = [x0; x1; v] (B, 3D, L), k (D, L),
+    bias (D,) -> (B, D, L) in x's dtype; gating and transform run in fp32 (see `fftconv`)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        y = _GatedFFTConvFn.apply(x.float(), k.float(), bias.float())
+    return y.to(x.dtype)
+
+
 def _shifted_taps(x: Tensor, taps: Tensor, init: Tensor, reverse: bool = False) -> Tensor:
     """init + sum_j taps[:, j] * x shifted right by k-1-j (left, i.e. looking ahead, if reverse).
 
@@ -269,7 +322,10 @@ class _ShortConvFn(torch.autograd.Function):
                 lag = taps - 1 - j  # tap j multiplies x_{t - lag}
                 if lag >= seqlen:
                     cols.append(grad_y.new_zeros(x.shape[1], dtype=acc))
-                else:
+                elif grad_y.dtype == x.dtype and x.dtype in (torch.float32, torch.float64):
+                    # One fused dot product per (batch, channel): no (B, C, L) product temporary.
+                    cols.append(torch.linalg.vecdot(grad_y[..., lag:], x[..., :seqlen - lag]).sum(0))
+                else:  # half precision: multiply, then sum in fp32
                     cols.append((grad_y[..., lag:] * x[..., :seqlen - lag]).sum((0, 2), dtype=acc))
             grad_w = torch.stack(cols, dim=-1).unsqueeze(1).to(w_dtype)
         if ctx.needs_input_grad[2]:
@@ -545,6 +601,8 @@ class HyenaOperator(nn.Module):
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
         if torch.is_grad_enabled():
             k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
+            if self.order == 2 and not (self.training and self.dropout.p > 0):
+                return _linear_channels_last(self.out_proj, gated_fftconv(x, k[0], bias[0]))
             for o, gate in enumerate(reversed(gates[1:])):
                 v = self.dropout(v * gate)
                 v = fftconv(v, k[o], bias[o])
