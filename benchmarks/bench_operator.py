@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import resource
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from common import interleaved, machine, spread
 from torch import Tensor, nn
 
 from hyenadna.model import HyenaConfig, HyenaFilter, HyenaOperator
+from hyenadna.runtime import keep_freed_memory
 
 
 def baseline_fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
@@ -87,7 +89,12 @@ def main() -> None:
     p.add_argument("--sdpa-max", type=int, default=16384, help="longest L for attention (O(L^2) time)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--long-repeats", type=int, default=2)
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc keeps freed memory for reuse (hyenadna.runtime.keep_freed_memory): long "
+                        "sequences stop paying the kernel to fault in and zero fresh pages every step")
     args = p.parse_args()
+    if args.keep_freed_memory and (why := keep_freed_memory()):
+        raise SystemExit(f"--keep-freed-memory: {why}")
     torch.manual_seed(0)
     d = args.d_model
     l_max = max(args.lengths + args.long_lengths)
@@ -97,7 +104,7 @@ def main() -> None:
                        train_freq=cfg.train_freq, modulate=cfg.modulate, fast_decay_pct=cfg.fast_decay_pct,
                        slow_decay_pct=cfg.slow_decay_pct, decay_target=cfg.decay_target, shift=cfg.shift)
     attn = CausalSelfAttention(d, n_head=8)
-    print(f"# machine: {machine()}")
+    print(f"# machine: {machine()}; freed memory {'kept for reuse' if args.keep_freed_memory else 'returned (default)'}")
     print(f"# Hyena operator vs baseline vs causal SDPA, D={d}, batch 1, fp32, forward+backward, "
           f"best of {args.repeats} (interleaved)")
     print(f"{'L':>8} {'baseline ms':>12} {'ours ms':>9} {'speed-up':>9} {'sdpa ms':>9} {'sdpa/ours':>10} "
@@ -143,6 +150,8 @@ def main() -> None:
             scale = f"{ob / first[1] / ideal:.2f}"
         print(f"{seqlen:>8} {bf:>11.2f} {of:>11.2f} {bf / of:>8.2f}x {bb:>11.2f} {ob:>11.2f} {bb / ob:>8.2f}x "
               f"{scale:>14}", flush=True)
+    # ru_maxrss is in kilobytes on Linux
+    print(f"# peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
 
 if __name__ == "__main__":
