@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hyenadna.adapt import FinetuneModule, default_monitor, label_token_ids
 from hyenadna.checkpoint import load_pretrained
+from hyenadna.compile import check_compile_flag, compile_model
 from hyenadna.icl import check_prompt_length, evaluate_icl
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 from hyenadna.pretrain import _build, build_loggers, start_run
@@ -28,7 +29,7 @@ from hyenadna.tokenizer import CharTokenizer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = frozenset({"task", "method", "model", "trainer", "logger", "optimizer", "scheduler", "pretrained",
                             "pretrain_overrides", "early_stopping_patience", "monitor", "monitor_mode", "icl_shots", "seed",
-                            "output_dir", "experiment_name", "torch_threads"})
+                            "output_dir", "experiment_name", "torch_threads", "compile"})
 
 
 def resolve_path(path: str) -> str:
@@ -89,6 +90,7 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 def fit(cfg: DictConfig) -> dict[str, Any]:
     """Finetune as `cfg` says; return test (and best validation) metrics and the output paths."""
     out = start_run(cfg, TOP_LEVEL_KEYS)
+    use_compile = check_compile_flag(cfg.get("compile", False))
 
     # 1. The data: every file read and checked before any model is built or trained.
     task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
@@ -129,6 +131,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
                             pooling=m.pooling, n_soft_tokens=n_prompt, prompt_dropout=float(m.prompt_dropout),
                             label_tokens=list(m.label_tokens) if m.label_tokens else None,
                             optimizer=optimizer, scheduler=scheduler, label_names=task.label_names)
+    if use_compile:
+        compile_model(module)  # the module's own blocks: the head read-out copies the backbone into a new model
     monitor, mode = default_monitor(task.problem_type) if cfg.monitor == "auto" else (cfg.monitor, cfg.get("monitor_mode", "max"))
     ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
                                            mode=mode, save_top_k=1, save_last=False)

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hyenadna.baselines import MarkovBaseline
+from hyenadna.compile import check_compile_flag, compile_model
 from hyenadna.genome import Genome
 from hyenadna.lm import CausalLMModule, check_same_architecture
 from hyenadna.model import Block, HyenaConfig, count_parameters
@@ -31,7 +32,7 @@ from hyenadna.pretrain_data import PretrainDataModule
 
 TOP_LEVEL_KEYS = frozenset({"model", "data", "trainer", "logger", "optimizer", "scheduler", "callbacks",
                             "baseline", "seed", "output_dir", "ckpt_path", "experiment_name", "torch_threads",
-                            "global_batch_size"})
+                            "global_batch_size", "compile"})
 ALLOWED_TARGET_PREFIXES = ("hyenadna.", "torch.optim.", "lightning.pytorch.")
 
 
@@ -192,6 +193,7 @@ def start_run(cfg: DictConfig, known_keys: frozenset[str]) -> Path:
 def fit(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain as `cfg` says and return the final metrics (val loss/ppl/acc, Markov baselines, paths)."""
     out = start_run(cfg, TOP_LEVEL_KEYS)
+    use_compile = check_compile_flag(cfg.get("compile", False))
 
     config = _build(cfg.model, "model")
     if not isinstance(config, HyenaConfig):
@@ -212,6 +214,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     optimizer = _build(cfg.optimizer, "optimizer")
     scheduler = _build(cfg.scheduler, "scheduler") if cfg.scheduler is not None else None
     module = CausalLMModule(config, optimizer=optimizer, scheduler=scheduler, seed=int(cfg.seed))
+    if use_compile:
+        compile_model(module.model)
     callbacks = [_build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items() if node is not None]
     loggers = build_loggers(cfg, out)
     trainer = _build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
