@@ -1,19 +1,24 @@
 """Tiny-1k training throughput on CPU: our model vs a minimal implementation, same run.
 
-    python benchmarks/bench_train.py [--preset tiny-1k] [--batch 8] [--length 1024] [--steps 10]
+    python benchmarks/bench_train.py [--preset tiny-1k] [--batch 8] [--length 1024] [--steps 10] [--compile]
 
 One training step = forward, mean token cross-entropy, backward, AdamW step, zero_grad; tokens/s
 counts batch x length per step. `baseline` is the same model (a copy of the same weights) run
 through the straightforward operator of bench_operator.py (module calls, layout transposes,
 oneDNN depthwise conv, autograd through rfft/irfft at 2L): the minimal implementation the issue
 compares against. The two alternate step by step (interleaved), best of --steps after one warm-up
-step each; `noise` is how far the median step sat above the best.
+step each; `noise` is how far the median step sat above the best. `--compile` adds `compiled`: a
+third copy with its blocks under `hyenadna.compile.compile_model` (torch.compile, inductor),
+interleaved with the other two; its first step, which compiles, is timed on its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import time
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +26,7 @@ from bench_operator import baseline_operator
 from common import interleaved, machine, spread
 from torch import Tensor
 
+from hyenadna.compile import compile_model, is_compiled
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 
 
@@ -36,18 +42,17 @@ def baseline_loss(model: HyenaDNAForCausalLM, ids: Tensor, targets: Tensor) -> T
 
 
 def main() -> None:
-    """Print tokens/s of ours and of the baseline, and their ratio."""
+    """Print tokens/s of ours and of the baseline (and of the compiled copy with --compile), and their ratios."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny-1k")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--compile", action="store_true", help="also time a torch.compile'd copy of ours")
     args = p.parse_args()
     torch.manual_seed(0)
     ours = HyenaDNAForCausalLM(HyenaConfig.preset(args.preset, l_max=max(args.length, 1026)))
     base = copy.deepcopy(ours)
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=6e-4, weight_decay=0.1)
-    opt_base = torch.optim.AdamW(base.parameters(), lr=6e-4, weight_decay=0.1)
     data = torch.randint(7, 11, (args.batch, args.length + 1))
     ids, targets = data[:, :-1], data[:, 1:]
     with torch.no_grad():
@@ -56,26 +61,46 @@ def main() -> None:
         assert torch.allclose(a, b, rtol=1e-5), f"ours and baseline disagree: {a.item()} vs {b.item()}"
         ours.train(), base.train()
 
-    def step_ours() -> None:
-        ours(ids, targets=targets).loss.backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
+    def train_step(loss_fn: Callable[[], Tensor], opt: torch.optim.Optimizer) -> Callable[[], None]:
+        def step() -> None:
+            loss_fn().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
 
-    def step_base() -> None:
-        baseline_loss(base, ids, targets).backward()
-        opt_base.step()
-        opt_base.zero_grad(set_to_none=True)
+    def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1)
 
-    t = interleaved({"baseline": step_base, "ours": step_ours}, args.steps)
+    steps = {"baseline": train_step(lambda: baseline_loss(base, ids, targets), adamw(base)),
+             "ours": train_step(lambda: ours(ids, targets=targets).loss, adamw(ours))}
+    compile_note = ""
+    if args.compile:
+        compiled = compile_model(copy.deepcopy(ours))
+        with torch.random.fork_rng():  # the same embedding-dropout mask for both
+            torch.manual_seed(1)
+            start = time.perf_counter()
+            loss_c = compiled(ids, targets=targets).loss.item()  # compiles forward and backward
+            compile_s = time.perf_counter() - start
+            torch.manual_seed(1)
+            loss_o = ours(ids, targets=targets).loss.item()
+        if not is_compiled(compiled):
+            raise SystemExit("torch.compile fell back to eager (see the warning above): nothing to compare")
+        assert abs(loss_o - loss_c) <= 1e-5 * abs(loss_o), f"ours and compiled disagree: {loss_o} vs {loss_c}"
+        steps["compiled"] = train_step(lambda: compiled(ids, targets=targets).loss, adamw(compiled))
+        compile_note = f"; compiled: inductor, first call (compiles fwd + bwd) {compile_s:.1f} s"
+
+    t = interleaved(steps, args.steps)
     tokens = args.batch * args.length
     print(f"# machine: {machine()}")
     print(f"# {args.preset} training step (fwd + loss + bwd + AdamW), batch {args.batch} x {args.length}, fp32, "
-          f"best of {args.steps} interleaved steps")
+          f"best of {args.steps} interleaved steps{compile_note}")
     print(f"{'impl':>9} {'step ms':>8} {'tokens/s':>9} {'noise':>6}")
-    for name in ("baseline", "ours"):
-        best = min(t[name])
-        print(f"{name:>9} {best * 1e3:>8.1f} {tokens / best:>9,.0f} {spread(t[name]):>6}")
+    for name, ts in t.items():
+        best = min(ts)
+        print(f"{name:>9} {best * 1e3:>8.1f} {tokens / best:>9,.0f} {spread(ts):>6}")
     print(f"speed-up: {min(t['baseline']) / min(t['ours']):.2f}x")
+    if args.compile:
+        print(f"compiled vs ours (eager): {min(t['ours']) / min(t['compiled']):.2f}x")
 
 
 if __name__ == "__main__":
