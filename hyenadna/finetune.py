@@ -29,7 +29,8 @@ from hyenadna.tokenizer import CharTokenizer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = frozenset({"task", "method", "model", "trainer", "logger", "optimizer", "scheduler", "pretrained",
                             "pretrain_overrides", "early_stopping_patience", "monitor", "monitor_mode", "icl_shots", "seed",
-                            "output_dir", "experiment_name", "torch_threads", "compile"})
+                            "output_dir", "experiment_name", "torch_threads", "compile",
+                            "cpu_keep_freed_memory"})
 
 
 def resolve_path(path: str) -> str:

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,11 @@ from hyenadna.genome import Genome
 from hyenadna.lm import CausalLMModule, check_same_architecture
 from hyenadna.model import Block, HyenaConfig, count_parameters
 from hyenadna.pretrain_data import PretrainDataModule
+from hyenadna.runtime import keep_freed_memory
 
 TOP_LEVEL_KEYS = frozenset({"model", "data", "trainer", "logger", "optimizer", "scheduler", "callbacks",
                             "baseline", "seed", "output_dir", "ckpt_path", "experiment_name", "torch_threads",
-                            "global_batch_size", "compile"})
+                            "global_batch_size", "compile", "cpu_keep_freed_memory"})
 ALLOWED_TARGET_PREFIXES = ("hyenadna.", "torch.optim.", "lightning.pytorch.")
 
 
@@ -186,6 +188,11 @@ def start_run(cfg: DictConfig, known_keys: frozenset[str]) -> Path:
     out = check_output_dir(cfg.output_dir)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
+    keep = cfg.get("cpu_keep_freed_memory", False)
+    if not isinstance(keep, bool):
+        raise ValueError(f"cpu_keep_freed_memory must be true or false, got {keep!r}")
+    if keep and (why := keep_freed_memory()):
+        warnings.warn(f"cpu_keep_freed_memory=true has no effect: {why}", RuntimeWarning, stacklevel=2)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     return out
 

@@ -35,3 +35,18 @@ def test_keep_freed_memory_stops_refaulting_freed_tensors() -> None:
     pages = (1 << 25) * 4 // 4096  # one 128 MB tensor in 4 KiB pages
     assert default > 4 * pages  # each of the 8 allocations is a fresh mmap, faulted in again
     assert kept <= 2 * pages  # the freed block is reused: at most one more fault-in, not eight
+
+
+@pytest.mark.parametrize("config_name", ["train", "finetune"])
+def test_config_switch_is_off_by_default_and_checked(config_name: str, tmp_path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from hyenadna.finetune import REPO_ROOT
+    from hyenadna.pretrain import TOP_LEVEL_KEYS, start_run
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        assert compose(config_name).cpu_keep_freed_memory is False
+        bad = compose(config_name, overrides=[f"output_dir={tmp_path}", "cpu_keep_freed_memory=yes"])
+    with pytest.raises(ValueError, match="cpu_keep_freed_memory must be true or false, got 'yes'"):
+        start_run(bad, frozenset(bad))
+    assert "cpu_keep_freed_memory" in TOP_LEVEL_KEYS
