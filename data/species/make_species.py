@@ -49,8 +49,14 @@ def read_record(path: Path, index: int) -> tuple[str, str]:
     return name, "".join(chunks).upper()
 
 
+def write_gzip(path: Path, text: str) -> None:
+    """Gzip ``text`` to ``path``; mtime=0 keeps the output byte-identical between runs."""
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        f.write(text.encode())
+
+
 def main() -> None:
-    """Write the three split FASTA files."""
+    """Write the three split FASTA files and the unlabelled pretraining corpus of the train ranges."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("data/species"))
@@ -59,6 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     records: dict[str, list[str]] = {split: [] for split in SPLIT_FRACTIONS}
+    lm_records: list[str] = []  # the whole train range of each genome, unlabelled, for pretraining
+    lm_bed: list[str] = []
     for species, (file, index, region_start, region_end) in GENOMES.items():
         name, seq = read_record(args.source_dir / file, index)
         name = "chrX" if species == "human" else name.split("|")[3] if "|" in name else name
@@ -66,17 +74,23 @@ def main() -> None:
         span = end - region_start
         for split, (lo, hi) in SPLIT_FRACTIONS.items():
             a, b = region_start + int(lo * span), region_start + int(hi * span)
+            if split == "train":
+                lines = "\n".join(seq[i:i + 80] for i in range(a, b, 80))
+                lm_records.append(f">{species} {name}:{a}-{b}\n{lines}\n")
+                lm_bed.append(f"{species}\t0\t{b - a}\ttrain\n")
             starts = [s for s in range(a, b - args.length + 1, args.length)
                       if "N" not in seq[s:s + args.length]]
             chosen = sorted(rng.sample(starts, PER_SPECIES[split]))
             for s in chosen:
                 records[split].append(f">{name}:{s}-{s + args.length}|{species}\n{seq[s:s + args.length]}\n")
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pretrain").mkdir(exist_ok=True)
+    write_gzip(args.out / "pretrain" / "genomes.fa.gz", "".join(lm_records))
+    (args.out / "pretrain" / "genomes.bed").write_text("".join(lm_bed))
+    print(f"pretrain/genomes.fa.gz: {sum(len(r) for r in lm_records) / 1e6:.1f} Mb of unlabelled train-range sequence")
     for split, recs in records.items():
         rng.shuffle(recs)
-        # mtime=0 keeps the output byte-identical between runs.
-        with open(args.out / f"{split}.fa.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-            f.write("".join(recs).encode())
+        write_gzip(args.out / f"{split}.fa.gz", "".join(recs))
         print(f"{split}: {len(recs)} fragments")
 
 
