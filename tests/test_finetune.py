@@ -76,6 +76,55 @@ def test_shipped_species_task_loads() -> None:
     assert not task.valid_carved and task.longest == 256
 
 
+def test_species_pretraining_corpus_holds_train_ranges_only() -> None:
+    """The unlabelled corpus behind `python finetune.py`'s quick pretraining is the train range of
+    each genome: every labelled train fragment is in it, every valid/test fragment lies outside its
+    coordinates, and only genomic repeats (rRNA operons, IS elements) recur in it verbatim."""
+    import gzip
+
+    def records(path: Path) -> dict[str, str]:
+        out: dict[str, list[str]] = {}
+        with gzip.open(path, "rt") as f:
+            for line in f:
+                if line.startswith(">"):
+                    name = line[1:].strip()
+                    out[name] = []
+                else:
+                    out[name].append(line.strip())
+        return {k: "".join(v) for k, v in out.items()}
+
+    def span(coords: str) -> tuple[str, int, int]:
+        chrom, rng = coords.rsplit(":", 1)
+        a, b = rng.split("-")
+        return chrom, int(a), int(b)
+
+    species = REPO_ROOT / "data" / "species"
+    corpus, ranges = {}, {}
+    for header, seq in records(species / "pretrain" / "genomes.fa.gz").items():
+        label, coords = header.split()
+        corpus[label], ranges[label] = seq, span(coords)
+        assert len(seq) == ranges[label][2] - ranges[label][1], header
+    bed = [line.split("\t") for line in (species / "pretrain" / "genomes.bed").read_text().splitlines()]
+    assert {row[0]: int(row[2]) for row in bed} == {k: len(v) for k, v in corpus.items()}
+    for split in ("train", "valid", "test"):
+        verbatim = 0
+        for name, seq in records(species / f"{split}.fa.gz").items():
+            coords, label = name.rsplit("|", 1)
+            chrom, a, b = span(coords)
+            r_chrom, r_a, r_b = ranges[label]
+            inside = chrom == r_chrom and r_a <= a and b <= r_b
+            assert inside == (split == "train"), f"{split} fragment {name} vs corpus range {ranges[label]}"
+            verbatim += seq in corpus[label]
+        if split == "train":
+            assert verbatim == 2000
+        else:  # repeats only: 3 of 500 valid and 12 of 1000 test fragments as shipped
+            assert verbatim <= 0.02 * (500 if split == "valid" else 1000), (split, verbatim)
+    overrides = list(finetune_cfg().pretrain_overrides)
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        data = compose(config_name="train", overrides=overrides).data
+    assert [g.fasta for g in data.genomes if g.weight > 0] == ["data/species/pretrain/genomes.fa.gz"]
+
+
 @pytest.mark.parametrize("method", ["soft_prompt_token", "linear_probe"])
 def test_smoke_finetune_from_smoke_pretraining(tmp_path: Path, smoke_checkpoint: str, task_dir: Path,
                                                method: str) -> None:

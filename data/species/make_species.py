@@ -75,7 +75,7 @@ def main() -> None:
         for split, (lo, hi) in SPLIT_FRACTIONS.items():
             a, b = region_start + int(lo * span), region_start + int(hi * span)
             if split == "train":
-                lines = "\n".join(seq[i:i + 80] for i in range(a, b, 80))
+                lines = "\n".join(seq[i:min(i + 80, b)] for i in range(a, b, 80))
                 lm_records.append(f">{species} {name}:{a}-{b}\n{lines}\n")
                 lm_bed.append(f"{species}\t0\t{b - a}\ttrain\n")
             starts = [s for s in range(a, b - args.length + 1, args.length)
