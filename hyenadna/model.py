@@ -259,7 +259,9 @@ class _GatedFFTConvFn(torch.autograd.Function):
             torch.mul(grad_z, v, out=grad_x[:, d:2 * d])
             torch.mul(grad_z, x1, out=grad_x[:, 2 * d:])
         if ctx.needs_input_grad[1]:
-            grad_k = torch.fft.irfft((gc_f * z_f.conj()).sum(0), n=n)[..., :seqlen]
+            # correlation with z, summed over the batch in frequency; gc_f is no longer needed
+            gk_f = gc_f.mul_(z_f.conj())
+            grad_k = torch.fft.irfft(gk_f[0] if gk_f.shape[0] == 1 else gk_f.sum(0), n=n)[..., :seqlen]
         if ctx.needs_input_grad[2]:
             grad_bias = torch.linalg.vecdot(gc, v * x1).sum(0)
         return grad_x, grad_k, grad_bias
