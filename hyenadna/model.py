@@ -231,10 +231,12 @@ class _GatedFFTConvFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, k: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        # x stays in its own dtype (bf16 under autocast: no fp32 copy is stored); k, bias, the
+        # gated product, the transforms and the output are fp32.
         d, seqlen = x.shape[1] // 3, x.shape[-1]
         x0, x1, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
         n = fft_size(seqlen)
-        z = v * x1
+        z = v.float() * x1  # a new fp32 tensor (v.float() is v itself when v is fp32)
         k_f = torch.fft.rfft(k, n=n)
         z_f = torch.fft.rfft(z, n=n)
         c = torch.addcmul(torch.fft.irfft(z_f * k_f, n=n)[..., :seqlen], z, bias.unsqueeze(-1))
@@ -263,15 +265,16 @@ class _GatedFFTConvFn(torch.autograd.Function):
             gk_f = gc_f.mul_(z_f.conj())
             grad_k = torch.fft.irfft(gk_f[0] if gk_f.shape[0] == 1 else gk_f.sum(0), n=n)[..., :seqlen]
         if ctx.needs_input_grad[2]:
-            grad_bias = torch.linalg.vecdot(gc, v * x1).sum(0)
+            grad_bias = torch.linalg.vecdot(gc, v.float() * x1).sum(0)
         return grad_x, grad_k, grad_bias
 
 
 def gated_fftconv(x: Tensor, k: Tensor, bias: Tensor) -> Tensor:
     """Order-2 Hyena core x0 * fftconv(x1 * v, k, bias) for x = [x0; x1; v] (B, 3D, L), k (D, L),
-    bias (D,) -> (B, D, L) in x's dtype; gating and transform run in fp32 (see `fftconv`)."""
+    bias (D,) -> (B, D, L) in x's dtype; gating and transform run in fp32 (see `fftconv`), x's
+    gradient comes back in x's dtype."""
     with torch.autocast(device_type=x.device.type, enabled=False):
-        y = _GatedFFTConvFn.apply(x.float(), k.float(), bias.float())
+        y = _GatedFFTConvFn.apply(x, k.float(), bias.float())
     return y.to(x.dtype)
 
 

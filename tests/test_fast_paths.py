@@ -24,6 +24,7 @@ from hyenadna.model import (
     fftconv,
     fftconv_inference,
     fftconv_ref,
+    gated_fftconv,
 )
 
 
@@ -278,3 +279,32 @@ def test_operator_with_dropout_takes_the_unfused_path_and_still_trains() -> None
     assert u.grad is not None and torch.isfinite(u.grad).all()
     op.eval()
     torch.testing.assert_close(op(u), reference_operator(op, u), rtol=1e-5, atol=1e-5)
+
+
+def test_gated_fftconv_stores_bf16_input_as_is_and_returns_bf16_gradients() -> None:
+    """Under bf16 the fused core keeps x (B, 3D, L) in bf16 for backward (no fp32 copy of the
+    widest tensor) and computes in fp32: same values and gradients as fp32 inputs, to bf16 rounding."""
+    torch.manual_seed(0)
+    x32 = torch.randn(2, 12, 32)
+    k = torch.randn(4, 32, requires_grad=True)
+    bias = torch.randn(4, requires_grad=True)
+    x = x32.bfloat16().requires_grad_()
+    saved: list[tuple[tuple[int, ...], torch.dtype]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append((tuple(t.shape), t.dtype))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = gated_fftconv(x, k, bias)
+    assert y.dtype == torch.bfloat16
+    assert ((2, 12, 32), torch.bfloat16) in saved and ((2, 12, 32), torch.float32) not in saved
+    g = torch.randn(2, 4, 32)
+    gx, gk, gb = torch.autograd.grad(y.float(), [x, k, bias], g)
+    ref = x.detach().float().requires_grad_()
+    y_ref = gated_fftconv(ref, k, bias)
+    rx, rk, rb = torch.autograd.grad(y_ref, [ref, k, bias], g)
+    assert gx.dtype == torch.bfloat16
+    # bf16 rounding of the output (and of the gradient flowing back through that cast)
+    for got, want in ((y.float(), y_ref), (gx.float(), rx), (gk, rk), (gb, rb)):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=5e-2)
