@@ -178,6 +178,20 @@ def fft_size(seqlen: int) -> int:
     return best
 
 
+def _input_gradient(g: Tensor, g_f: Tensor, k_f: Tensor, bias: Tensor, n: int) -> Tensor:
+    """Gradient of a causal FFT conv y = k * u + bias u with respect to u, from the output
+    gradient g (..., D, L) and its spectrum g_f: the correlation sum_t g_t k_{t-s} plus the skip term."""
+    return torch.addcmul(torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :g.shape[-1]], g, bias.unsqueeze(-1))
+
+
+def _filter_gradient(g_f: Tensor, u_f: Tensor, n: int, seqlen: int) -> Tensor:
+    """Gradient of a causal FFT conv's filter (D, L) from the spectra of the output gradient and
+    of the input (..., D, n // 2 + 1): their correlation, summed over every leading (batch) axis in
+    frequency so that one inverse transform remains. Overwrites g_f."""
+    gk_f = g_f.mul_(u_f.conj()).reshape(-1, *g_f.shape[-2:])
+    return torch.fft.irfft(gk_f[0] if gk_f.shape[0] == 1 else gk_f.sum(0), n=n)[..., :seqlen]
+
+
 class _FFTConvFn(torch.autograd.Function):
     """fp32 FFT long convolution with a hand-written backward.
 
@@ -206,15 +220,9 @@ class _FFTConvFn(torch.autograd.Function):
         g_f = torch.fft.rfft(grad_y, n=n)
         grad_u = grad_k = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # correlation with k: grad_u_s = sum_t g_t k_{t-s}
-            grad_u = torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :seqlen]
-            grad_u = torch.addcmul(grad_u, grad_y, bias.unsqueeze(-1))
+            grad_u = _input_gradient(grad_y, g_f, k_f, bias, n)
         if ctx.needs_input_grad[1]:
-            # correlation with u, summed over the batch before the (single) inverse transform
-            gk_f = g_f * u_f.conj()
-            if batch_dims:
-                gk_f = gk_f.sum(batch_dims)
-            grad_k = torch.fft.irfft(gk_f, n=n)[..., :seqlen]
+            grad_k = _filter_gradient(g_f, u_f, n, seqlen)
         if ctx.needs_input_grad[2]:
             grad_bias = (grad_y * u).sum(batch_dims + (grad_y.dim() - 1,))
         return grad_u, grad_k, grad_bias
@@ -256,14 +264,11 @@ class _GatedFFTConvFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x)
             torch.mul(grad_y, c, out=grad_x[:, :d])
-            # correlation with k: grad_z_s = sum_t gc_t k_{t-s}, plus the skip term
-            grad_z = torch.addcmul(torch.fft.irfft(gc_f * k_f.conj(), n=n)[..., :seqlen], gc, bias.unsqueeze(-1))
+            grad_z = _input_gradient(gc, gc_f, k_f, bias, n)
             torch.mul(grad_z, v, out=grad_x[:, d:2 * d])
             torch.mul(grad_z, x1, out=grad_x[:, 2 * d:])
         if ctx.needs_input_grad[1]:
-            # correlation with z, summed over the batch in frequency; gc_f is no longer needed
-            gk_f = gc_f.mul_(z_f.conj())
-            grad_k = torch.fft.irfft(gk_f[0] if gk_f.shape[0] == 1 else gk_f.sum(0), n=n)[..., :seqlen]
+            grad_k = _filter_gradient(gc_f, z_f, n, seqlen)
         if ctx.needs_input_grad[2]:
             grad_bias = torch.linalg.vecdot(gc, v.float() * x1).sum(0)
         return grad_x, grad_k, grad_bias
