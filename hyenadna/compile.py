@@ -23,15 +23,14 @@ from torch import nn
 from torch._dynamo.exc import TorchDynamoException
 
 from hyenadna.model import Block
+from hyenadna.runtime import check_switch
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def check_compile_flag(value: Any) -> bool:
     """The `compile:` config switch as a bool; anything but true/false is an error."""
-    if not isinstance(value, bool):
-        raise ValueError(f"compile must be true or false, got {value!r}")
-    return value
+    return check_switch("compile", value)
 
 
 def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:

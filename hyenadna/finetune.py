@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hyenadna.adapt import FinetuneModule, default_monitor, label_token_ids
 from hyenadna.checkpoint import load_pretrained
-from hyenadna.compile import check_compile_flag, compile_model
+from hyenadna.compile import compile_model
 from hyenadna.icl import check_prompt_length, evaluate_icl
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 from hyenadna.pretrain import _build, build_loggers, start_run
@@ -91,7 +91,6 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 def fit(cfg: DictConfig) -> dict[str, Any]:
     """Finetune as `cfg` says; return test (and best validation) metrics and the output paths."""
     out = start_run(cfg, TOP_LEVEL_KEYS)
-    use_compile = check_compile_flag(cfg.get("compile", False))
 
     # 1. The data: every file read and checked before any model is built or trained.
     task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
@@ -132,7 +131,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
                             pooling=m.pooling, n_soft_tokens=n_prompt, prompt_dropout=float(m.prompt_dropout),
                             label_tokens=list(m.label_tokens) if m.label_tokens else None,
                             optimizer=optimizer, scheduler=scheduler, label_names=task.label_names)
-    if use_compile:
+    if cfg.get("compile", False):
         compile_model(module)  # the module's own blocks: the head read-out copies the backbone into a new model
     monitor, mode = default_monitor(task.problem_type) if cfg.monitor == "auto" else (cfg.monitor, cfg.get("monitor_mode", "max"))
     ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,

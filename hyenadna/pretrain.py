@@ -30,7 +30,7 @@ from hyenadna.genome import Genome
 from hyenadna.lm import CausalLMModule, check_same_architecture
 from hyenadna.model import Block, HyenaConfig, count_parameters
 from hyenadna.pretrain_data import PretrainDataModule
-from hyenadna.runtime import keep_freed_memory
+from hyenadna.runtime import check_switch, keep_freed_memory
 
 TOP_LEVEL_KEYS = frozenset({"model", "data", "trainer", "logger", "optimizer", "scheduler", "callbacks",
                             "baseline", "seed", "output_dir", "ckpt_path", "experiment_name", "torch_threads",
@@ -179,18 +179,18 @@ def plot_losses(metrics_csv: Path, png: Path) -> None:
 
 
 def start_run(cfg: DictConfig, known_keys: frozenset[str]) -> Path:
-    """Checks shared by train.py and finetune.py before any work: top-level keys, `_target_`s,
-    a writable output folder; then threads and seeds. Returns the output folder."""
+    """Checks shared by train.py and finetune.py before any work: top-level keys, `_target_`s, the
+    true/false switches, a writable output folder; then threads, memory reuse and seeds. Returns
+    the output folder."""
     unknown = sorted(set(cfg) - known_keys)
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; known: {sorted(known_keys)}")
     check_targets(cfg)
+    check_compile_flag(cfg.get("compile", False))
+    keep = check_switch("cpu_keep_freed_memory", cfg.get("cpu_keep_freed_memory", False))
     out = check_output_dir(cfg.output_dir)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
-    keep = cfg.get("cpu_keep_freed_memory", False)
-    if not isinstance(keep, bool):
-        raise ValueError(f"cpu_keep_freed_memory must be true or false, got {keep!r}")
     if keep and (why := keep_freed_memory()):
         warnings.warn(f"cpu_keep_freed_memory=true has no effect: {why}", RuntimeWarning, stacklevel=2)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -200,7 +200,6 @@ def start_run(cfg: DictConfig, known_keys: frozenset[str]) -> Path:
 def fit(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain as `cfg` says and return the final metrics (val loss/ppl/acc, Markov baselines, paths)."""
     out = start_run(cfg, TOP_LEVEL_KEYS)
-    use_compile = check_compile_flag(cfg.get("compile", False))
 
     config = _build(cfg.model, "model")
     if not isinstance(config, HyenaConfig):
@@ -221,7 +220,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     optimizer = _build(cfg.optimizer, "optimizer")
     scheduler = _build(cfg.scheduler, "scheduler") if cfg.scheduler is not None else None
     module = CausalLMModule(config, optimizer=optimizer, scheduler=scheduler, seed=int(cfg.seed))
-    if use_compile:
+    if cfg.get("compile", False):
         compile_model(module.model)
     callbacks = [_build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items() if node is not None]
     loggers = build_loggers(cfg, out)

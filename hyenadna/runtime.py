@@ -26,6 +26,13 @@ _M_MMAP_MAX = -4
 _INT_MAX = 2**31 - 1
 
 
+def check_switch(name: str, value: object) -> bool:
+    """A true/false config switch (`compile`, `cpu_keep_freed_memory`); anything else is an error."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def keep_freed_memory() -> str | None:
     """Make glibc malloc keep freed memory for reuse in this process.
 
