@@ -3,12 +3,17 @@
 import hydra
 from omegaconf import DictConfig
 
-from hyenadna.pretrain import fit
+from hyenadna.runtime import check_switch, use_huge_pages
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; all the work is in `hyenadna.pretrain.fit`."""
+    # Before Lightning is imported: its import allocates tensors, and PyTorch reads the huge-page
+    # setting at its first allocation (hyenadna/runtime.py).
+    use_huge_pages(check_switch("cpu_huge_pages", cfg.get("cpu_huge_pages", True)))
+    from hyenadna.pretrain import fit
+
     fit(cfg)
 
 

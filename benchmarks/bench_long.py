@@ -15,7 +15,7 @@ import argparse
 import time
 
 import torch
-from common import machine, peak_rss_gb
+from common import add_memory_flags, apply_memory_flags, machine, peak_rss_gb
 
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 
@@ -26,7 +26,9 @@ def main() -> None:
     p.add_argument("--length", type=int, default=1 << 20)
     p.add_argument("--preset", default="tiny-1k")
     p.add_argument("--repeats", type=int, default=2)
+    add_memory_flags(p)
     args = p.parse_args()
+    memory = apply_memory_flags(args)
     torch.manual_seed(0)
     model = HyenaDNAForCausalLM(HyenaConfig.preset(args.preset, l_max=args.length)).eval()
     ids = torch.randint(7, 11, (1, args.length))  # A, C, G, T
@@ -39,7 +41,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
     assert torch.isfinite(logits).all()
     cached = model.backbone.layers[0].mixer.filter_fn._spectrum_cache is not None
-    print(f"# machine: {machine()}")
+    print(f"# machine: {machine()}; {memory}")
     print(f"# {args.preset} ({model.config.n_layer} x {model.config.d_model}), one sequence of "
           f"{args.length:,} tokens, fp32, torch.inference_mode; best of {args.repeats}; filter spectrum "
           + ("cached after the first run" if cached else "not cached at this size (above spectrum_cache_max_bytes)"))

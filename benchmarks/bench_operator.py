@@ -23,11 +23,10 @@ import resource
 
 import torch
 import torch.nn.functional as F
-from common import interleaved, machine, spread
+from common import add_memory_flags, apply_memory_flags, interleaved, machine, spread
 from torch import Tensor, nn
 
 from hyenadna.model import HyenaConfig, HyenaFilter, HyenaOperator
-from hyenadna.runtime import keep_freed_memory
 
 
 def baseline_fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
@@ -91,14 +90,11 @@ def main() -> None:
     p.add_argument("--sdpa-max", type=int, default=16384, help="longest L for attention (O(L^2) time)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--long-repeats", type=int, default=2)
-    p.add_argument("--keep-freed-memory", action="store_true",
-                   help="glibc keeps freed memory for reuse (hyenadna.runtime.keep_freed_memory): long "
-                        "sequences stop paying the kernel to fault in and zero fresh pages every step")
+    add_memory_flags(p)
     p.add_argument("--no-long-baseline", action="store_true",
                    help="time only ours at the long lengths (the baseline's own tensors stay out of the heap)")
     args = p.parse_args()
-    if args.keep_freed_memory and (why := keep_freed_memory()):
-        raise SystemExit(f"--keep-freed-memory: {why}")
+    memory = apply_memory_flags(args)
     torch.manual_seed(0)
     d = args.d_model
     l_max = max(args.lengths + args.long_lengths)
@@ -108,7 +104,7 @@ def main() -> None:
                        train_freq=cfg.train_freq, modulate=cfg.modulate, fast_decay_pct=cfg.fast_decay_pct,
                        slow_decay_pct=cfg.slow_decay_pct, decay_target=cfg.decay_target, shift=cfg.shift)
     attn = CausalSelfAttention(d, n_head=8)
-    print(f"# machine: {machine()}; freed memory {'kept for reuse' if args.keep_freed_memory else 'returned (default)'}")
+    print(f"# machine: {machine()}; {memory}")
     print(f"# Hyena operator vs baseline vs causal SDPA, D={d}, batch 1, fp32, forward+backward, "
           f"best of {args.repeats} (interleaved)")
     print(f"{'L':>8} {'baseline ms':>12} {'ours ms':>9} {'speed-up':>9} {'sdpa ms':>9} {'sdpa/ours':>10} "

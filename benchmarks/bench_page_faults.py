@@ -1,13 +1,15 @@
 """Where one Hyena operator step's CPU time goes at long L: user vs kernel (sys) time, page faults.
 
     python benchmarks/bench_page_faults.py [--length 262144] [--steps 3]
+    python benchmarks/bench_page_faults.py --no-huge-pages      # 4 KB pages: the kernel's default
     python benchmarks/bench_page_faults.py --keep-freed-memory
 
 Runs forward+backward of one operator (D=128, batch 1, fp32) once to warm up, then --steps more,
 and prints per step: wall clock, user and sys CPU seconds, minor page faults (getrusage), and the
-process's peak RSS. With the default allocator every large tensor is a fresh mmap that the
-kernel faults in and zeroes; --keep-freed-memory applies hyenadna.runtime.keep_freed_memory
-first, so freed blocks are reused.
+process's peak RSS. Every large tensor is a fresh mmap that the kernel faults in and zeroes: 2 MB
+at a time with huge pages (the default here and in train.py), 4 KB at a time with
+--no-huge-pages; --keep-freed-memory applies hyenadna.runtime.keep_freed_memory first, so freed
+blocks are reused.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ import resource
 import time
 
 import torch
-from common import machine
+from common import add_memory_flags, apply_memory_flags, machine
 
 from hyenadna.model import HyenaConfig, HyenaOperator
-from hyenadna.runtime import keep_freed_memory
 
 
 def main() -> None:
@@ -29,10 +30,9 @@ def main() -> None:
     p.add_argument("--length", type=int, default=1 << 18)
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--keep-freed-memory", action="store_true")
+    add_memory_flags(p)
     args = p.parse_args()
-    if args.keep_freed_memory and (why := keep_freed_memory()):
-        raise SystemExit(f"--keep-freed-memory: {why}")
+    memory = apply_memory_flags(args)
     torch.manual_seed(0)
     d, seqlen = args.d_model, args.length
     c = HyenaConfig(d_model=d, l_max=seqlen)
@@ -53,7 +53,7 @@ def main() -> None:
     user = (after.ru_utime - before.ru_utime) / args.steps
     sys_ = (after.ru_stime - before.ru_stime) / args.steps
     faults = (after.ru_minflt - before.ru_minflt) / args.steps
-    print(f"# machine: {machine()}; freed memory {'kept for reuse' if args.keep_freed_memory else 'returned (default)'}")
+    print(f"# machine: {machine()}; {memory}")
     print(f"# Hyena operator fwd+bwd, D={d}, L={seqlen:,}, batch 1, fp32, mean of {args.steps} steps after a warm-up")
     print(f"{'wall s':>8} {'user s':>8} {'sys s':>8} {'page faults':>12} {'peak RSS GB':>12}")
     print(f"{wall:>8.2f} {user:>8.2f} {sys_:>8.2f} {faults:>12,.0f} {after.ru_maxrss / 1e6:>12.2f}")

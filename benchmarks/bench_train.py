@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from bench_operator import baseline_operator
-from common import interleaved, machine, spread
+from common import add_memory_flags, apply_memory_flags, interleaved, machine, spread
 from torch import Tensor
 
 from hyenadna.compile import compile_model, is_compiled
@@ -48,7 +48,9 @@ def main() -> None:
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd copy of ours")
+    add_memory_flags(p)
     args = p.parse_args()
+    memory = apply_memory_flags(args)
     torch.manual_seed(0)
     ours = HyenaDNAForCausalLM(HyenaConfig.preset(args.preset, l_max=max(args.length, 1026)))
     base = copy.deepcopy(ours)
@@ -90,7 +92,7 @@ def main() -> None:
 
     t = interleaved(steps, args.steps)
     tokens = args.batch * args.length
-    print(f"# machine: {machine()}")
+    print(f"# machine: {machine()}; {memory}")
     print(f"# {args.preset} training step (fwd + loss + bwd + AdamW), batch {args.batch} x {args.length}, fp32, "
           f"best of {args.steps} interleaved steps{compile_note}")
     print(f"{'impl':>9} {'step ms':>8} {'tokens/s':>9} {'noise':>6}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine
+from common import add_memory_flags, apply_memory_flags, machine
 
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 from hyenadna.tokenizer import CharTokenizer
@@ -70,7 +70,9 @@ def main() -> None:
     p.add_argument("--stage-steps", type=int, default=8)
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--eval-windows", type=int, default=4)
+    add_memory_flags(p)
     args = p.parse_args()
+    memory = apply_memory_flags(args)
     ids = load_ids(FASTA)
     split = int(len(ids) * 0.9)
     train_ids, held_out = ids[:split], ids[split:]
@@ -88,7 +90,7 @@ def main() -> None:
     runs = {"final-length": copy.deepcopy(model), "warmup": copy.deepcopy(model)}
     schedules = {"final-length": final, "warmup": warm}
     eval_batch = windows(held_out, args.eval_windows, args.target_len, np.random.default_rng(123))
-    print(f"# machine: {machine()}")
+    print(f"# machine: {machine()}; {memory}")
     print(f"# tiny (2 x 128), {args.steps} AdamW steps of {args.target_len:,} tokens each; warmup stages "
           + ", ".join(f"{s.seq_len}x{s.batch_size}" for s in stages) + f" ({args.stage_steps} steps each, "
           f"last stage to the end); held-out loss on {args.eval_windows} windows of {args.target_len:,}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
@@ -9,6 +10,8 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from hyenadna.runtime import huge_pages_state, keep_freed_memory, use_huge_pages
 
 
 def machine() -> str:
@@ -46,3 +49,26 @@ def spread(ts: list[float]) -> str:
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far, in GB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def add_memory_flags(p: argparse.ArgumentParser) -> None:
+    """--no-huge-pages and --keep-freed-memory: the process-level settings of hyenadna/runtime.py."""
+    p.add_argument("--no-huge-pages", action="store_true",
+                   help="CPU tensors on 4 KB pages (the default here, as in train.py, is 2 MB transparent huge "
+                        "pages: THP_MEM_ALLOC_ENABLE=1)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc keeps freed memory for reuse (hyenadna.runtime.keep_freed_memory): long "
+                        "sequences stop paying the kernel to fault in and zero fresh pages every step")
+
+
+def apply_memory_flags(args: argparse.Namespace) -> str:
+    """Apply the flags of `add_memory_flags`; call before any tensor is allocated. Returns the
+    settings in words, for the header line (an unmet request exits with its reason)."""
+    use_huge_pages(not args.no_huge_pages)
+    on, why = huge_pages_state()
+    if not args.no_huge_pages and not on:
+        raise SystemExit(f"huge pages requested but off: {why} (--no-huge-pages to run without)")
+    if args.keep_freed_memory and (why := keep_freed_memory()):
+        raise SystemExit(f"--keep-freed-memory: {why}")
+    return (f"huge pages {'on' if on else 'off'}; "
+            f"freed memory {'kept for reuse' if args.keep_freed_memory else 'returned (default)'}")

@@ -18,7 +18,7 @@ import argparse
 from collections import defaultdict
 
 import torch
-from common import machine
+from common import add_memory_flags, apply_memory_flags, machine
 from torch.profiler import ProfilerActivity, profile
 
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
@@ -55,8 +55,10 @@ def main() -> None:
     p.add_argument("--max-large", type=int, default=1 << 18, help="longest L profiled for the large shape")
     p.add_argument("--max-large-fwdbwd", type=int, default=1 << 14, help="longest L for large with backward")
     p.add_argument("--rows", type=int, default=12)
+    add_memory_flags(p)
     args = p.parse_args()
-    print(f"# machine: {machine()}")
+    memory = apply_memory_flags(args)
+    print(f"# machine: {machine()}; {memory}")
     for shape in args.shapes:
         for seqlen in args.lengths:
             for mode in args.modes:

@@ -30,11 +30,11 @@ from hyenadna.genome import Genome
 from hyenadna.lm import CausalLMModule, check_same_architecture
 from hyenadna.model import Block, HyenaConfig, count_parameters
 from hyenadna.pretrain_data import PretrainDataModule
-from hyenadna.runtime import check_switch, keep_freed_memory
+from hyenadna.runtime import check_switch, huge_pages_state, keep_freed_memory
 
 TOP_LEVEL_KEYS = frozenset({"model", "data", "trainer", "logger", "optimizer", "scheduler", "callbacks",
                             "baseline", "seed", "output_dir", "ckpt_path", "experiment_name", "torch_threads",
-                            "global_batch_size", "compile", "cpu_keep_freed_memory"})
+                            "global_batch_size", "compile", "cpu_huge_pages", "cpu_keep_freed_memory"})
 ALLOWED_TARGET_PREFIXES = ("hyenadna.", "torch.optim.", "lightning.pytorch.")
 
 
@@ -180,17 +180,21 @@ def plot_losses(metrics_csv: Path, png: Path) -> None:
 
 def start_run(cfg: DictConfig, known_keys: frozenset[str]) -> Path:
     """Checks shared by train.py and finetune.py before any work: top-level keys, `_target_`s, the
-    true/false switches, a writable output folder; then threads, memory reuse and seeds. Returns
+    true/false switches, a writable output folder; then threads, memory settings (huge pages were
+    requested by the entry point before any tensor existed: here only checked) and seeds. Returns
     the output folder."""
     unknown = sorted(set(cfg) - known_keys)
     if unknown:
         raise ValueError(f"unknown top-level config key(s) {unknown}; known: {sorted(known_keys)}")
     check_targets(cfg)
     check_compile_flag(cfg.get("compile", False))
+    huge = check_switch("cpu_huge_pages", cfg.get("cpu_huge_pages", True))
     keep = check_switch("cpu_keep_freed_memory", cfg.get("cpu_keep_freed_memory", False))
     out = check_output_dir(cfg.output_dir)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
+    if huge and not (state := huge_pages_state())[0]:
+        warnings.warn(f"cpu_huge_pages=true has no effect: {state[1]}", RuntimeWarning, stacklevel=2)
     if keep and (why := keep_freed_memory()):
         warnings.warn(f"cpu_keep_freed_memory=true has no effect: {why}", RuntimeWarning, stacklevel=2)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)

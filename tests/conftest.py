@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# As train.py and finetune.py do (hyenadna/runtime.py): PyTorch reads this at its first CPU
+# allocation, so it is set before torch is imported; start_run warns where it did not take.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture

@@ -1,17 +1,23 @@
-"""hyenadna.runtime.keep_freed_memory: freed tensors are reused instead of faulted in again."""
+"""hyenadna.runtime: huge pages cut the page faults of large tensors; keep_freed_memory reuses
+freed tensors instead of faulting them in again; both config switches are checked."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
+from hyenadna.runtime import THP_MODE_FILE
+
 # Allocate and free a 128 MB tensor 8 times (torch.ones touches every page) and count the page
 # faults of the loop. Run in a fresh interpreter: the setting is per process and permanent.
 SCRIPT = """
-import resource, sys, torch
+import os, resource, sys, torch
 from hyenadna.runtime import keep_freed_memory
+if sys.argv[1] == "huge":
+    assert os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
 if sys.argv[1] == "keep":
     why = keep_freed_memory()
     assert why is None, why
@@ -25,8 +31,49 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def page_faults(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
+    # THP off unless the mode asks for it (the test session itself runs with it on: conftest.py).
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if mode == "huge":
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip())
+
+
+def thp_mode() -> str:
+    try:
+        return THP_MODE_FILE.read_text().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        return "unavailable"
+
+
+@pytest.mark.skipif(thp_mode() not in ("madvise", "always"), reason="kernel transparent huge pages off or absent")
+def test_huge_pages_cut_page_faults_of_large_tensors() -> None:
+    default, huge = page_faults("default"), page_faults("huge")
+    pages = (1 << 25) * 4 // 4096
+    assert default > 4 * pages
+    assert huge < default / 8  # 2 MB pages: 512x fewer faults where the kernel has them to give
+
+
+HUGE_STATE = """
+import sys, torch
+from hyenadna.runtime import huge_pages_state, use_huge_pages
+if sys.argv[1] == "late":
+    torch.ones(4)  # PyTorch's first CPU allocation reads the variable: too late after this
+use_huge_pages(sys.argv[1] != "off")
+on, why = huge_pages_state()
+print(on, why)
+"""
+
+
+@pytest.mark.skipif(thp_mode() not in ("madvise", "always"), reason="kernel transparent huge pages off or absent")
+@pytest.mark.parametrize(("when", "expected"), [("early", "True on (kernel THP mode"),
+                                                ("late", "False THP_MEM_ALLOC_ENABLE=1 was set after"),
+                                                ("off", "False THP_MEM_ALLOC_ENABLE is not 1")])
+def test_huge_pages_state_says_whether_the_setting_took(when: str, expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", HUGE_STATE, when], capture_output=True, text=True, check=True,
+                         env=env)
+    assert out.stdout.startswith(expected), out.stdout
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
@@ -38,7 +85,7 @@ def test_keep_freed_memory_stops_refaulting_freed_tensors() -> None:
 
 
 @pytest.mark.parametrize("config_name", ["train", "finetune"])
-def test_config_switch_is_off_by_default_and_checked(config_name: str, tmp_path) -> None:
+def test_config_switches_have_their_defaults_and_are_checked(config_name: str, tmp_path) -> None:
     from hydra import compose, initialize_config_dir
 
     from hyenadna.finetune import REPO_ROOT
@@ -46,7 +93,10 @@ def test_config_switch_is_off_by_default_and_checked(config_name: str, tmp_path)
 
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         assert compose(config_name).cpu_keep_freed_memory is False
-        bad = compose(config_name, overrides=[f"output_dir={tmp_path}", "cpu_keep_freed_memory=yes"])
-    with pytest.raises(ValueError, match="cpu_keep_freed_memory must be true or false, got 'yes'"):
-        start_run(bad, frozenset(bad))
-    assert "cpu_keep_freed_memory" in TOP_LEVEL_KEYS
+        assert compose(config_name).cpu_huge_pages is True
+        bad = [compose(config_name, overrides=[f"output_dir={tmp_path}", f"{key}=yes"])
+               for key in ("cpu_keep_freed_memory", "cpu_huge_pages")]
+    for key, cfg in zip(("cpu_keep_freed_memory", "cpu_huge_pages"), bad):
+        with pytest.raises(ValueError, match=f"{key} must be true or false, got 'yes'"):
+            start_run(cfg, frozenset(cfg))
+    assert {"cpu_keep_freed_memory", "cpu_huge_pages"} <= TOP_LEVEL_KEYS
