@@ -56,7 +56,7 @@ def main() -> None:
     print(f"# machine: {machine()}; {memory}")
     print(f"# Hyena operator fwd+bwd, D={d}, L={seqlen:,}, batch 1, fp32, mean of {args.steps} steps after a warm-up")
     print(f"{'wall s':>8} {'user s':>8} {'sys s':>8} {'page faults':>12} {'peak RSS GB':>12}")
-    print(f"{wall:>8.2f} {user:>8.2f} {sys_:>8.2f} {faults:>12,.0f} {after.ru_maxrss / 1e6:>12.2f}")
+    print(f"{wall:>8.4f} {user:>8.4f} {sys_:>8.4f} {faults:>12,.0f} {after.ru_maxrss / 1e6:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,16 @@ or more when the environment variable THP_MEM_ALLOC_ENABLE is 1. PyTorch reads t
 at its first CPU allocation, so it must be set before then: train.py and finetune.py set it
 before importing Lightning (whose import allocates). A large tensor is then faulted in 2 MB at a
 time instead of 4 KB: at L = 1M the Hyena operator's forward+backward took 10.2M page faults per
-step without and 53k with, 33.0 s -> 21.9 s, peak RSS unchanged; tiny-1k training at batch 8 x 1k
-went from 44.5k to 48.2k tokens/s (`benchmarks/bench_page_faults.py`, `bench_train.py`). It needs
-the kernel's THP mode to be `madvise` or `always` (/sys/kernel/mm/transparent_hugepage/enabled).
+step without and 53k with, 33.0 s -> 21.9 s, peak RSS unchanged (`benchmarks/bench_page_faults.py`).
+It needs the kernel's THP mode to be `madvise` or `always`
+(/sys/kernel/mm/transparent_hugepage/enabled).
+
+Those page-aligned requests bypass glibc's adaptive mmap threshold, so on their own they would
+make every tensor between 2 and 32 MB a fresh mmap, faulted in again on each use (a 3 MB product
+took 0.87 ms instead of 0.17 ms, 258 faults per call). `use_huge_pages` therefore also fixes
+glibc's mmap threshold at its 64-bit maximum, 32 MB, with a trim threshold of 64 MB (the pair
+glibc's own adaptive rule would reach): smaller blocks are reused from the heap; larger ones are
+still mapped fresh and handed back when freed, so the peak resident size is unchanged.
 
 Freed memory (`keep_freed_memory`): PyTorch's CPU allocator has no cache: every activation is a fresh `malloc`, and glibc serves
 requests above its mmap threshold (at most 32 MB) with a new `mmap` that `free` hands back to the
@@ -31,11 +38,14 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import warnings
 from pathlib import Path
 
 # mallopt parameters from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper bound for M_MMAP_THRESHOLD on 64-bit
 _INT_MAX = 2**31 - 1
 
 THP_ENV = "THP_MEM_ALLOC_ENABLE"  # read by PyTorch's CPU allocator (c10 alloc_cpu) at its first allocation
@@ -49,12 +59,8 @@ def check_switch(name: str, value: object) -> bool:
     return value
 
 
-def keep_freed_memory() -> str | None:
-    """Make glibc malloc keep freed memory for reuse in this process.
-
-    Returns None on success, else why it could not (not Linux, not glibc, mallopt refused); the
-    process is then unchanged. Affects allocations made after the call, so call it early.
-    """
+def _glibc_mallopt():  # type: ignore[no-untyped-def]
+    """glibc's mallopt(param, value) -> 1 on success, or a string saying why there is none."""
     if not sys.platform.startswith("linux"):
         return f"needs glibc on Linux; this is {sys.platform}"
     name = ctypes.util.find_library("c")
@@ -64,17 +70,39 @@ def keep_freed_memory() -> str | None:
     except (OSError, AttributeError) as e:
         return f"no glibc mallopt in this process ({e})"
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # mallopt returns 1 on success. No mmap-backed blocks: large tensors come from the heap;
-    # a trim threshold of INT_MAX: freed heap memory is (practically) never given back.
+    return mallopt
+
+
+def keep_freed_memory() -> str | None:
+    """Make glibc malloc keep freed memory for reuse in this process.
+
+    Returns None on success, else why it could not (not Linux, not glibc, mallopt refused); the
+    process is then unchanged. Affects allocations made after the call, so call it early.
+    """
+    mallopt = _glibc_mallopt()
+    if isinstance(mallopt, str):
+        return mallopt
+    # No mmap-backed blocks: large tensors come from the heap; a trim threshold of INT_MAX:
+    # freed heap memory is (practically) never given back.
     if mallopt(_M_MMAP_MAX, 0) != 1 or mallopt(_M_TRIM_THRESHOLD, _INT_MAX) != 1:
         return "glibc mallopt refused M_MMAP_MAX / M_TRIM_THRESHOLD"
     return None
 
 
 def use_huge_pages(enabled: bool = True) -> None:
-    """Set THP_MEM_ALLOC_ENABLE for this process (1 or 0). Effective only if PyTorch has not yet
-    allocated a CPU tensor; `huge_pages_state` tells whether it took."""
+    """Set THP_MEM_ALLOC_ENABLE for this process (1 or 0); when enabling on Linux, also fix glibc's
+    mmap threshold at 32 MB (module docstring; a warning where mallopt is missing or refuses).
+    The variable is effective only if PyTorch has not yet allocated a CPU tensor:
+    `huge_pages_state` tells whether it took."""
     os.environ[THP_ENV] = "1" if enabled else "0"
+    if not enabled or not sys.platform.startswith("linux"):
+        return
+    mallopt = _glibc_mallopt()
+    if isinstance(mallopt, str):
+        warnings.warn(f"huge pages without the 32 MB mmap threshold: {mallopt}", RuntimeWarning, stacklevel=2)
+    elif mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) != 1 or mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX) != 1:
+        warnings.warn("huge pages without the 32 MB mmap threshold: glibc mallopt refused it", RuntimeWarning,
+                      stacklevel=2)
 
 
 def huge_pages_state() -> tuple[bool, str]:

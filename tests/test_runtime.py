@@ -54,6 +54,35 @@ def test_huge_pages_cut_page_faults_of_large_tensors() -> None:
     assert huge < default / 8  # 2 MB pages: 512x fewer faults where the kernel has them to give
 
 
+# Allocate and free a 3 MB tensor 50 times. With PyTorch's huge-page requests alone, each is a
+# fresh mmap (page-aligned requests skip glibc's adaptive threshold); use_huge_pages keeps them.
+MID_SIZE = """
+import os, resource, sys
+from hyenadna.runtime import use_huge_pages
+if sys.argv[1] == "env-only":
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+else:
+    use_huge_pages()
+import torch
+torch.ones(3 << 18)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    x = torch.ones(3 << 18)
+    del x
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(thp_mode() not in ("madvise", "always"), reason="kernel transparent huge pages off or absent")
+def test_use_huge_pages_keeps_mid_size_tensors_in_the_heap() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    faults = {mode: int(subprocess.run([sys.executable, "-c", MID_SIZE, mode], capture_output=True, text=True,
+                                       check=True, env=env).stdout)
+              for mode in ("env-only", "use_huge_pages")}
+    assert faults["env-only"] > 50 * 100  # a fresh mapping each time (768 small pages, or a few huge ones)
+    assert faults["use_huge_pages"] < 100  # the block is reused
+
+
 HUGE_STATE = """
 import sys, torch
 from hyenadna.runtime import huge_pages_state, use_huge_pages
