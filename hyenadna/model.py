@@ -353,16 +353,17 @@ class _ShortConvFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _shifted_taps(grad_y, weight[:, 0].to(grad_y.dtype), reverse=True).to(x.dtype)
         if ctx.needs_input_grad[1]:
+            # One product buffer for all taps (each tap's product fills a prefix of it), summed in
+            # at least fp32: tap j multiplies x_{t - lag}.
+            prod = torch.empty(x.shape, dtype=torch.promote_types(grad_y.dtype, x.dtype), device=x.device)
             cols = []
             for j in range(taps):
-                lag = taps - 1 - j  # tap j multiplies x_{t - lag}
+                lag = taps - 1 - j
                 if lag >= seqlen:
                     cols.append(grad_y.new_zeros(x.shape[1], dtype=acc))
-                elif grad_y.dtype == x.dtype and x.dtype in (torch.float32, torch.float64):
-                    # One fused dot product per (batch, channel): no (B, C, L) product temporary.
-                    cols.append(torch.linalg.vecdot(grad_y[..., lag:], x[..., :seqlen - lag]).sum(0))
-                else:  # half precision: multiply, then sum in fp32
-                    cols.append((grad_y[..., lag:] * x[..., :seqlen - lag]).sum((0, 2), dtype=acc))
+                    continue
+                p = torch.mul(grad_y[..., lag:], x[..., :seqlen - lag], out=prod[..., :seqlen - lag])
+                cols.append(p.sum((0, 2), dtype=acc))
             grad_w = torch.stack(cols, dim=-1).unsqueeze(1).to(w_dtype)
         if ctx.needs_input_grad[2]:
             grad_b = grad_y.sum((0, 2), dtype=acc).to(b_dtype)
