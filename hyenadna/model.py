@@ -696,20 +696,67 @@ def _linear_channels_first(linear: nn.Linear, u: Tensor) -> Tensor:
     """
     if not _plain_linear(linear):
         return rearrange(linear(u), "b l d -> b d l").contiguous()
-    w = linear.weight.expand(u.shape[0], -1, -1)
-    if linear.bias is None:
-        return torch.bmm(w, u.mT)
-    return torch.baddbmm(linear.bias.unsqueeze(-1), w, u.mT)
+    return _ProjectionFn.apply(u, linear.weight, linear.bias, True)
 
 
 def _linear_channels_last(linear: nn.Linear, y: Tensor) -> Tensor:
     """linear(y^T) for y (B, D_in, L) channels first -> (B, L, D_out): y^T @ W^T + b in one GEMM."""
     if not _plain_linear(linear):
         return linear(rearrange(y, "b d l -> b l d"))
-    w = linear.weight.mT.expand(y.shape[0], -1, -1)
-    if linear.bias is None:
-        return torch.bmm(y.mT, w)
-    return torch.baddbmm(linear.bias, y.mT, w)
+    return _ProjectionFn.apply(y, linear.weight, linear.bias, False)
+
+
+class _ProjectionFn(torch.autograd.Function):
+    """A Linear layer that also swaps the layout: (B, L, D_in) -> (B, D_out, L) (`to_channels`),
+    or (B, D_in, L) -> (B, L, D_out). Every product is one batched GEMM that reads its operands
+    transposed where needed, forward and backward, so the input gradient comes back contiguous in
+    the input's own layout (autograd through a transposed view would hand the previous op a
+    transposed gradient, read element by element or copied). Under autocast it computes in the
+    autocast dtype, as nn.Linear does; gradients come back in each input's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, to_channels: bool) -> Tensor:  # type: ignore[override]
+        dev = x.device.type
+        dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
+                 else torch.promote_types(x.dtype, weight.dtype))
+        with torch.autocast(device_type=dev, enabled=False):
+            xc, w = x.to(dtype), weight.to(dtype)
+            b = None if bias is None else bias.to(dtype)
+            if to_channels:  # W (D_out, D_in) @ x^T (D_in, L) + b (D_out, 1)
+                wb = w.expand(x.shape[0], -1, -1)
+                out = torch.bmm(wb, xc.mT) if b is None else torch.baddbmm(b.unsqueeze(-1), wb, xc.mT)
+            else:  # x^T (L, D_in) @ W^T (D_in, D_out) + b
+                wb = w.mT.expand(x.shape[0], -1, -1)
+                out = torch.bmm(xc.mT, wb) if b is None else torch.baddbmm(b, xc.mT, wb)
+        ctx.save_for_backward(xc, w)
+        ctx.to_channels = to_channels
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        xc, w = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        grad = grad.to(xc.dtype)
+        batch = xc.shape[0]
+        grad_x = grad_w = grad_b = None
+        with torch.autocast(device_type=xc.device.type, enabled=False):
+            if ctx.to_channels:  # grad (B, D_out, L)
+                if ctx.needs_input_grad[0]:
+                    grad_x = torch.bmm(grad.mT, w.expand(batch, -1, -1)).to(x_dtype)  # (B, L, D_in)
+                if ctx.needs_input_grad[1]:
+                    grad_w = torch.bmm(grad, xc).sum(0).to(w_dtype)  # sum_b grad (D_out, L) @ x (L, D_in)
+                if ctx.needs_input_grad[2]:
+                    grad_b = grad.sum((0, 2), dtype=torch.float32).to(b_dtype)
+            else:  # grad (B, L, D_out)
+                if ctx.needs_input_grad[0]:
+                    grad_x = torch.bmm(w.mT.expand(batch, -1, -1), grad.mT).to(x_dtype)  # (B, D_in, L)
+                if ctx.needs_input_grad[1]:
+                    grad_w = torch.bmm(grad.mT, xc.mT).sum(0).to(w_dtype)  # sum_b grad^T (D_out, L) @ x^T (L, D_in)
+                if ctx.needs_input_grad[2]:
+                    grad_b = grad.sum((0, 1), dtype=torch.float32).to(b_dtype)
+        return grad_x, grad_w, grad_b, None
 
 
 # --------------------------------------------------------------------------------------------

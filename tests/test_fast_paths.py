@@ -19,6 +19,8 @@ from hyenadna.model import (
     HyenaDNAForCausalLM,
     HyenaOperator,
     _GatedFFTConvFn,
+    _linear_channels_first,
+    _linear_channels_last,
     _parseval_sum,
     _ShortConvFn,
     fft_size,
@@ -320,3 +322,43 @@ def test_gated_fftconv_stores_bf16_input_as_is_and_returns_bf16_gradients() -> N
     # bf16 rounding of the output (and of the gradient flowing back through that cast)
     for got, want in ((y.float(), y_ref), (gx.float(), rx), (gk, rk), (gb, rb)):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_layout_swapping_projections_equal_linear_and_return_gradients_in_the_input_layout(bias: bool,
+                                                                                           batch: int) -> None:
+    """in_proj / out_proj as one batched GEMM each way equal nn.Linear + transpose, values and all
+    gradients, and hand back the input gradient contiguous in the input's own layout."""
+    torch.manual_seed(batch)
+    lin = torch.nn.Linear(6, 10, bias=bias)
+    for fast, to_ref, shape in ((_linear_channels_first, lambda x: rearrange(lin(x), "b l d -> b d l"), (batch, 17, 6)),
+                                (_linear_channels_last, lambda x: lin(rearrange(x, "b d l -> b l d")), (batch, 6, 17))):
+        x = torch.randn(*shape, requires_grad=True)
+        y, y_ref = fast(lin, x), to_ref(x)
+        assert y.is_contiguous()
+        torch.testing.assert_close(y, y_ref)
+        g = torch.randn_like(y)
+        params = [x, *lin.parameters()]
+        got, want = grads(y, g, params), grads(y_ref, g, params)
+        assert got[0].is_contiguous() and got[0].shape == x.shape
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+
+
+def test_projections_follow_bf16_autocast_like_linear() -> None:
+    """Under bf16 autocast the projections compute in bf16 as nn.Linear does; the fp32 parameters
+    get fp32 gradients, an fp32 input an fp32 gradient."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 12)
+    x = torch.randn(2, 16, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _linear_channels_first(lin, x)
+        y_ref = rearrange(lin(x), "b l d -> b d l")
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    params = [x, *lin.parameters()]
+    for a, b in zip(grads(y, g, params), grads(y_ref, g, params)):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
