@@ -327,6 +327,9 @@ def _shifted_taps(x: Tensor, taps: Tensor, bias: Tensor | None = None, reverse: 
     return y if bias is None else y.add_(bias)
 
 
+_SHORT_CONV_PRODUCT_ELEMENTS = 1 << 24  # the short-conv weight gradient's product buffer (64 MB fp32)
+
+
 class _ShortConvFn(torch.autograd.Function):
     """Causal depthwise convolution y_t = b + sum_j w_j x_{t-k+1+j} as k shifted multiply-adds.
 
@@ -353,18 +356,22 @@ class _ShortConvFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _shifted_taps(grad_y, weight[:, 0].to(grad_y.dtype), reverse=True).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            # One product buffer for all taps (each tap's product fills a prefix of it), summed in
-            # at least fp32: tap j multiplies x_{t - lag}.
-            prod = torch.empty(x.shape, dtype=torch.promote_types(grad_y.dtype, x.dtype), device=x.device)
-            cols = []
-            for j in range(taps):
-                lag = taps - 1 - j
-                if lag >= seqlen:
-                    cols.append(grad_y.new_zeros(x.shape[1], dtype=acc))
-                    continue
-                p = torch.mul(grad_y[..., lag:], x[..., :seqlen - lag], out=prod[..., :seqlen - lag])
-                cols.append(p.sum((0, 2), dtype=acc))
-            grad_w = torch.stack(cols, dim=-1).unsqueeze(1).to(w_dtype)
+            # sum_t grad_y_t x_{t - lag} per channel (tap j multiplies x_{t - lag}), summed in at
+            # least fp32. The products go through one buffer shared by the taps (each fills a
+            # prefix), over channel chunks of at most `_SHORT_CONV_PRODUCT_ELEMENTS` values: one
+            # chunk up to 16k tokens at D = 128, a bounded 64 MB at 1M instead of 1.5 GB.
+            batch, channels = x.shape[:2]
+            step = max(1, _SHORT_CONV_PRODUCT_ELEMENTS // (batch * seqlen))
+            prod = torch.empty((batch, min(step, channels), seqlen), dtype=torch.promote_types(grad_y.dtype, x.dtype),
+                               device=x.device)
+            grad_w = grad_y.new_zeros((channels, taps), dtype=acc)
+            for c0 in range(0, channels, step):
+                c1 = min(c0 + step, channels)
+                for j in range(max(0, taps - seqlen), taps):
+                    lag = taps - 1 - j
+                    p = torch.mul(grad_y[:, c0:c1, lag:], x[:, c0:c1, :seqlen - lag], out=prod[:, :c1 - c0, :seqlen - lag])
+                    grad_w[c0:c1, j] = p.sum((0, 2), dtype=acc)
+            grad_w = grad_w.unsqueeze(1).to(w_dtype)
         if ctx.needs_input_grad[2]:
             grad_b = grad_y.sum((0, 2), dtype=acc).to(b_dtype)
         return grad_x, grad_w, grad_b
@@ -499,7 +506,9 @@ class ExponentialModulation(nn.Module):
         """t (1, L), h (D, L) -> (D, L): channels first, the layout of the FFT convolution."""
         if not self.modulate:
             return h
-        return h * (torch.exp(-t * rearrange(self.deltas.abs(), "1 1 d -> d 1")) + self.shift)
+        # exp(-t |delta|) + shift takes no gradient: built in place in one (D, L) buffer.
+        decay = torch.mul(t, rearrange(self.deltas.abs(), "1 1 d -> d 1")).neg_().exp_().add_(self.shift)
+        return h * decay
 
 
 class Sin(nn.Module):
@@ -635,11 +644,13 @@ class HyenaOperator(nn.Module):
         else:
             x = self._project_in_slices(u)
         *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
+        if torch.is_grad_enabled() and self.order == 2 and not (self.training and self.dropout.p > 0):
+            # The filter and bias whole (a select would cost a zero-filled gradient copy).
+            k2 = self.filter_fn.filter(seqlen)
+            return _linear_channels_last(self.out_proj, gated_fftconv(x, k2, self.filter_fn.bias))
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
         if torch.is_grad_enabled():
             k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
-            if self.order == 2 and not (self.training and self.dropout.p > 0):
-                return _linear_channels_last(self.out_proj, gated_fftconv(x, k[0], bias[0]))
             for o, gate in enumerate(reversed(gates[1:])):
                 v = self.dropout(v * gate)
                 v = fftconv(v, k[o], bias[o])

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+import hyenadna.model as model_module
 from hyenadna.model import (
     HyenaConfig,
     HyenaDNAForCausalLM,
@@ -100,8 +101,12 @@ def test_fftconv_backward_passes_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda *a: fftconv(*a).double(), (u, k, bias), eps=1e-2, atol=2e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("product_elements", [1 << 24, 100])
 @pytest.mark.parametrize("seqlen", [1, 2, 3, 50])
-def test_short_conv_equals_conv1d_module(seqlen: int) -> None:
+def test_short_conv_equals_conv1d_module(seqlen: int, product_elements: int, monkeypatch) -> None:
+    """Values and gradients to fp64 precision; a small product buffer makes the weight gradient
+    run over channel chunks (1 channel at a time at L = 50, batch 2)."""
+    monkeypatch.setattr(model_module, "_SHORT_CONV_PRODUCT_ELEMENTS", product_elements)
     torch.manual_seed(seqlen)
     conv = torch.nn.Conv1d(6, 6, kernel_size=3, groups=6, padding=2).double()
     x = torch.randn(2, 6, seqlen, dtype=torch.float64, requires_grad=True)
