@@ -2,10 +2,11 @@
 
     python benchmarks/bench_operator.py                      # D=128, L = 1k..64k, then 256k and 1M
     python benchmarks/bench_operator.py --lengths 1024 4096 --long-lengths --repeats 3
+    python benchmarks/bench_operator.py --batch 8 --lengths 1024 2048 4096 --long-lengths   # the tiny-1k training batch
     python benchmarks/bench_operator.py --lengths 1024 --long-lengths 262144 1048576 --long-repeats 1 \
         --keep-freed-memory --no-long-baseline       # scaling to 1M with freed memory reused
 
-Three implementations of one layer of width D, batch 1, fp32, timed in turns in the same run:
+Three implementations of one layer of width D, batch 1 (--batch), fp32, timed in turns in the same run:
   ours      hyenadna.model.HyenaOperator (hand-written FFT-conv backward, 5-smooth FFT sizes)
   baseline  the same math written the obvious way (kept below): autograd through rfft/irfft at
             n = 2L; it shares the parameters of `ours`, and the two outputs are checked equal
@@ -86,6 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--lengths", type=int, nargs="+", default=[1 << i for i in range(10, 17)])
+    p.add_argument("--batch", type=int, default=1, help="sequences per call in the 1k-64k table (long ones: 1)")
     p.add_argument("--long-lengths", type=int, nargs="*", default=[1 << 18, 1 << 20])
     p.add_argument("--sdpa-max", type=int, default=16384, help="longest L for attention (O(L^2) time)")
     p.add_argument("--repeats", type=int, default=5)
@@ -105,14 +107,14 @@ def main() -> None:
                        slow_decay_pct=cfg.slow_decay_pct, decay_target=cfg.decay_target, shift=cfg.shift)
     attn = CausalSelfAttention(d, n_head=8)
     print(f"# machine: {machine()}; {memory}")
-    print(f"# Hyena operator vs baseline vs causal SDPA, D={d}, batch 1, fp32, forward+backward, "
+    print(f"# Hyena operator vs baseline vs causal SDPA, D={d}, batch {args.batch}, fp32, forward+backward, "
           f"best of {args.repeats} (interleaved)")
     print(f"{'L':>8} {'baseline ms':>12} {'ours ms':>9} {'speed-up':>9} {'sdpa ms':>9} {'sdpa/ours':>10} "
           f"{'scaling/ideal':>14} {'noise':>6}")
     first: tuple[int, float] | None = None
     for seqlen in args.lengths:
-        u = torch.randn(1, seqlen, d, requires_grad=True)
-        grad = torch.randn(1, seqlen, d)
+        u = torch.randn(args.batch, seqlen, d, requires_grad=True)
+        grad = torch.randn(args.batch, seqlen, d)
         with torch.no_grad():
             ref, out = baseline_operator(op, u), op(u)
             err = ((out - ref).norm() / ref.norm()).item()
