@@ -28,7 +28,6 @@ from common import add_memory_flags, apply_memory_flags, machine
 
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 from hyenadna.tokenizer import CharTokenizer
-from hyenadna.warmup import build_stages
 
 FASTA = Path(__file__).resolve().parents[1] / "data" / "human_chrX_8mb.fa.gz"
 
@@ -76,6 +75,8 @@ def main() -> None:
     ids = load_ids(FASTA)
     split = int(len(ids) * 0.9)
     train_ids, held_out = ids[:split], ids[split:]
+    from hyenadna.warmup import build_stages  # imports Lightning, which allocates: after the memory flags
+
     stages = build_stages(args.target_len, 1, 1, "steps", start_len=args.start_len, stage_duration=args.stage_steps)
     warm: list[tuple[int, int]] = []
     for stage in stages:

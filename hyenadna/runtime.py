@@ -6,8 +6,9 @@ PyTorch's CPU allocator asks the kernel for 2 MB transparent huge pages for ever
 or more when the environment variable THP_MEM_ALLOC_ENABLE is 1. PyTorch reads the variable once,
 at its first CPU allocation, so it must be set before then: train.py and finetune.py set it
 before importing Lightning (whose import allocates). A large tensor is then faulted in 2 MB at a
-time instead of 4 KB: at L = 1M the Hyena operator's forward+backward took 10.2M page faults per
-step without and 53k with, 33.0 s -> 21.9 s, peak RSS unchanged (`benchmarks/bench_page_faults.py`).
+time instead of 4 KB: at L = 1M the Hyena operator's forward+backward took 7.9M page faults per
+step without and 42k with, 24.0 s -> 15.3 s, peak RSS unchanged (`benchmarks/bench_page_faults.py`;
+256k: 6.6 s -> 2.9 s).
 It needs the kernel's THP mode to be `madvise` or `always`
 (/sys/kernel/mm/transparent_hugepage/enabled).
 
@@ -27,9 +28,10 @@ glibc to serve every request from its heap and never return freed memory to the 
 next step reuses pages that are already mapped. The price is a higher peak resident size (freed
 blocks stay in the process, and the heap fragments), so it is opt-in (`cpu_keep_freed_memory`
 in the train/finetune configs, `--keep-freed-memory` in the benchmarks). Measured on the 2-core,
-24 GB VM (benchmarks/README.md): operator fwd+bwd at 256k tokens 5.24 s -> 2.95 s, peak RSS
-4.6 -> 6.4 GB; at 1M tokens the fragmented heap grew past 24 GB and the process was killed,
-where the default allocator peaks near 17 GB. Use it up to a few hundred thousand tokens.
+24 GB VM before huge pages (benchmarks/README.md): operator fwd+bwd at 256k tokens 5.24 s ->
+2.95 s, peak RSS 4.6 -> 6.4 GB; at 1M tokens the fragmented heap grew past 24 GB and the process
+was killed, where the default allocator peaks near 17 GB. With huge pages on, 256k runs in 2.9 s
+without it.
 """
 
 from __future__ import annotations
