@@ -646,8 +646,8 @@ class HyenaOperator(nn.Module):
         *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
         if torch.is_grad_enabled() and self.order == 2 and not (self.training and self.dropout.p > 0):
             # The filter and bias whole (a select would cost a zero-filled gradient copy).
-            k2 = self.filter_fn.filter(seqlen)
-            return _linear_channels_last(self.out_proj, gated_fftconv(x, k2, self.filter_fn.bias))
+            k = self.filter_fn.filter(seqlen)
+            return _linear_channels_last(self.out_proj, gated_fftconv(x, k, self.filter_fn.bias))
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
         if torch.is_grad_enabled():
             k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
@@ -757,23 +757,23 @@ class _ProjectionFn(torch.autograd.Function):
         xc, w = ctx.saved_tensors
         x_dtype, w_dtype, b_dtype = ctx.dtypes
         grad = grad.to(xc.dtype)
-        batch = xc.shape[0]
+        batch, acc = xc.shape[0], torch.promote_types(xc.dtype, torch.float32)  # sums in at least fp32
         grad_x = grad_w = grad_b = None
         with torch.autocast(device_type=xc.device.type, enabled=False):
             if ctx.to_channels:  # grad (B, D_out, L)
                 if ctx.needs_input_grad[0]:
                     grad_x = torch.bmm(grad.mT, w.expand(batch, -1, -1)).to(x_dtype)  # (B, L, D_in)
                 if ctx.needs_input_grad[1]:
-                    grad_w = torch.bmm(grad, xc).sum(0).to(w_dtype)  # sum_b grad (D_out, L) @ x (L, D_in)
+                    grad_w = torch.bmm(grad, xc).sum(0, dtype=acc).to(w_dtype)  # sum_b grad @ x
                 if ctx.needs_input_grad[2]:
-                    grad_b = grad.sum((0, 2), dtype=torch.float32).to(b_dtype)
+                    grad_b = grad.sum((0, 2), dtype=acc).to(b_dtype)
             else:  # grad (B, L, D_out)
                 if ctx.needs_input_grad[0]:
                     grad_x = torch.bmm(w.mT.expand(batch, -1, -1), grad.mT).to(x_dtype)  # (B, D_in, L)
                 if ctx.needs_input_grad[1]:
-                    grad_w = torch.bmm(grad.mT, xc.mT).sum(0).to(w_dtype)  # sum_b grad^T (D_out, L) @ x^T (L, D_in)
+                    grad_w = torch.bmm(grad.mT, xc.mT).sum(0, dtype=acc).to(w_dtype)  # sum_b grad^T @ x^T
                 if ctx.needs_input_grad[2]:
-                    grad_b = grad.sum((0, 1), dtype=torch.float32).to(b_dtype)
+                    grad_b = grad.sum((0, 1), dtype=acc).to(b_dtype)
         return grad_x, grad_w, grad_b, None
 
 

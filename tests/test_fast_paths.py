@@ -329,17 +329,19 @@ def test_gated_fftconv_stores_bf16_input_as_is_and_returns_bf16_gradients() -> N
         torch.testing.assert_close(got, want, rtol=2e-2, atol=5e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_layout_swapping_projections_equal_linear_and_return_gradients_in_the_input_layout(bias: bool,
-                                                                                           batch: int) -> None:
+def test_layout_swapping_projections_equal_linear_and_return_gradients_in_the_input_layout(
+        bias: bool, batch: int, dtype: torch.dtype) -> None:
     """in_proj / out_proj as one batched GEMM each way equal nn.Linear + transpose, values and all
-    gradients, and hand back the input gradient contiguous in the input's own layout."""
+    gradients (in the parameters' dtype), and hand back the input gradient contiguous in the
+    input's own layout."""
     torch.manual_seed(batch)
-    lin = torch.nn.Linear(6, 10, bias=bias)
+    lin = torch.nn.Linear(6, 10, bias=bias).to(dtype)
     for fast, to_ref, shape in ((_linear_channels_first, lambda x: rearrange(lin(x), "b l d -> b d l"), (batch, 17, 6)),
                                 (_linear_channels_last, lambda x: lin(rearrange(x, "b d l -> b l d")), (batch, 6, 17))):
-        x = torch.randn(*shape, requires_grad=True)
+        x = torch.randn(*shape, dtype=dtype, requires_grad=True)
         y, y_ref = fast(lin, x), to_ref(x)
         assert y.is_contiguous()
         torch.testing.assert_close(y, y_ref)
@@ -348,6 +350,7 @@ def test_layout_swapping_projections_equal_linear_and_return_gradients_in_the_in
         got, want = grads(y, g, params), grads(y_ref, g, params)
         assert got[0].is_contiguous() and got[0].shape == x.shape
         for a, b in zip(got, want):
+            assert a.dtype == dtype
             torch.testing.assert_close(a, b)
 
 
