@@ -23,10 +23,9 @@ from types import ModuleType
 
 import torch
 from bench_operator import baseline_operator, fwd_bwd
-from common import add_memory_flags, apply_memory_flags, interleaved, machine, spread
+from common import add_memory_flags, apply_memory_flags, build_operator, interleaved, machine, spread
 from torch import nn
 
-from hyenadna import model as new_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,16 +45,6 @@ def load_model_at(rev: str, workdir: Path) -> ModuleType:
     sys.modules["model_at_rev"] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
-
-
-def build(module: ModuleType, d: int, seqlen: int) -> nn.Module:
-    """One order-2 operator of width d from `module`, default filter settings, seed 0."""
-    cfg = module.HyenaConfig(d_model=d, l_max=seqlen)
-    torch.manual_seed(0)
-    return module.HyenaOperator(d, seqlen, emb_dim=cfg.emb_dim, filter_order=cfg.filter_order,
-                                num_inner_mlps=cfg.num_inner_mlps, activation_freq=cfg.activation_freq,
-                                train_freq=cfg.train_freq, modulate=cfg.modulate, fast_decay_pct=cfg.fast_decay_pct,
-                                slow_decay_pct=cfg.slow_decay_pct, decay_target=cfg.decay_target, shift=cfg.shift)
 
 
 def max_rel_diff(old: nn.Module, new: nn.Module, u: torch.Tensor, g: torch.Tensor) -> float:
@@ -96,7 +85,7 @@ def main() -> None:
     print(f"{'L':>8} {'base ms':>9} {'old ms':>8} {'new ms':>8} {'new/old':>8} {'base/new':>9} {'base/old':>9} "
           f"{'max rel diff':>13} {'noise':>6}")
     for seqlen in args.lengths:
-        old, new = build(old_model, args.d_model, seqlen), build(new_model, args.d_model, seqlen)
+        old, new = build_operator(args.d_model, seqlen, old_model), build_operator(args.d_model, seqlen)
         u = torch.randn(args.batch, seqlen, args.d_model, requires_grad=True)
         g = torch.randn(args.batch, seqlen, args.d_model)
         diff = max_rel_diff(old, new, u, g)

@@ -24,10 +24,10 @@ import resource
 
 import torch
 import torch.nn.functional as F
-from common import add_memory_flags, apply_memory_flags, interleaved, machine, spread
+from common import add_memory_flags, apply_memory_flags, build_operator, interleaved, machine, spread
 from torch import Tensor, nn
 
-from hyenadna.model import HyenaConfig, HyenaFilter, HyenaOperator
+from hyenadna.model import HyenaFilter, HyenaOperator
 
 
 def baseline_fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
@@ -97,14 +97,8 @@ def main() -> None:
                    help="time only ours at the long lengths (the baseline's own tensors stay out of the heap)")
     args = p.parse_args()
     memory = apply_memory_flags(args)
-    torch.manual_seed(0)
     d = args.d_model
-    l_max = max(args.lengths + args.long_lengths)
-    cfg = HyenaConfig(d_model=d, l_max=l_max)
-    op = HyenaOperator(d, l_max, emb_dim=cfg.emb_dim, filter_order=cfg.filter_order,
-                       num_inner_mlps=cfg.num_inner_mlps, activation_freq=cfg.activation_freq,
-                       train_freq=cfg.train_freq, modulate=cfg.modulate, fast_decay_pct=cfg.fast_decay_pct,
-                       slow_decay_pct=cfg.slow_decay_pct, decay_target=cfg.decay_target, shift=cfg.shift)
+    op = build_operator(d, max(args.lengths + args.long_lengths))
     attn = CausalSelfAttention(d, n_head=8)
     print(f"# machine: {machine()}; {memory}")
     print(f"# Hyena operator vs baseline vs causal SDPA, D={d}, batch {args.batch}, fp32, forward+backward, "

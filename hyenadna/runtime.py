@@ -13,11 +13,12 @@ It needs the kernel's THP mode to be `madvise` or `always`
 (/sys/kernel/mm/transparent_hugepage/enabled).
 
 Those page-aligned requests bypass glibc's adaptive mmap threshold, so on their own they would
-make every tensor between 2 and 32 MB a fresh mmap, faulted in again on each use (a 3 MB product
-took 0.87 ms instead of 0.17 ms, 258 faults per call). `use_huge_pages` therefore also fixes
+make every tensor between 2 and 32 MB a fresh mmap, faulted in again on each use (a 3 MB tensor
+cost 769 page faults per allocation, `tests/test_runtime.py`). `use_huge_pages` therefore also fixes
 glibc's mmap threshold at its 64-bit maximum, 32 MB, with a trim threshold of 64 MB (the pair
 glibc's own adaptive rule would reach): smaller blocks are reused from the heap; larger ones are
-still mapped fresh and handed back when freed, so the peak resident size is unchanged.
+still mapped fresh and handed back when freed, so the peak resident size stays as it was
+(benchmarks/bench_page_faults.py and bench_long.py with and without --no-huge-pages).
 
 Freed memory (`keep_freed_memory`): PyTorch's CPU allocator has no cache: every activation is a fresh `malloc`, and glibc serves
 requests above its mmap threshold (at most 32 MB) with a new `mmap` that `free` hands back to the
@@ -107,6 +108,15 @@ def use_huge_pages(enabled: bool = True) -> None:
                       stacklevel=2)
 
 
+def thp_mode() -> str:
+    """The kernel's transparent-huge-page mode: 'always', 'madvise' or 'never' ('unknown' where
+    the file is missing or unreadable, e.g. not Linux). PyTorch's requests need always or madvise."""
+    try:
+        return THP_MODE_FILE.read_text().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
 def huge_pages_state() -> tuple[bool, str]:
     """(on, why): whether large CPU tensors get transparent huge pages in this process, and why not.
 
@@ -117,10 +127,7 @@ def huge_pages_state() -> tuple[bool, str]:
 
     if not sys.platform.startswith("linux"):
         return False, f"transparent huge pages are Linux-only; this is {sys.platform}"
-    try:
-        mode = THP_MODE_FILE.read_text().split("[", 1)[1].split("]", 1)[0]
-    except (OSError, IndexError):
-        mode = "unknown"
+    mode = thp_mode()
     if mode == "never":
         return False, f"the kernel's THP mode is 'never' ({THP_MODE_FILE})"
     probes = [torch.empty(3 << 20, dtype=torch.uint8) for _ in range(3)]

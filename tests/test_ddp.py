@@ -10,17 +10,9 @@ from pathlib import Path
 
 import torch
 
-from hyenadna.runtime import THP_MODE_FILE
+from hyenadna.runtime import thp_mode
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def huge_pages_possible() -> bool:
-    """The kernel lets PyTorch ask for transparent huge pages (mode madvise or always)."""
-    try:
-        return "[never]" not in THP_MODE_FILE.read_text()
-    except OSError:
-        return False
 
 
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
@@ -32,7 +24,7 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "validation perplexity" in proc.stdout
-    if huge_pages_possible():
+    if thp_mode() in ("always", "madvise"):
         assert "cpu_huge_pages=true has no effect" not in proc.stderr, proc.stderr[-3000:]
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 12

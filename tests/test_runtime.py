@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from hyenadna.runtime import THP_MODE_FILE
+from hyenadna.runtime import thp_mode
 
 # Allocate and free a 128 MB tensor 8 times (torch.ones touches every page) and count the page
 # faults of the loop. Run in a fresh interpreter: the setting is per process and permanent.
@@ -30,23 +30,26 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+needs_thp = pytest.mark.skipif(thp_mode() not in ("madvise", "always"),
+                               reason="kernel transparent huge pages off or absent")
+
+
+def env_without_thp() -> dict[str, str]:
+    """This environment minus THP_MEM_ALLOC_ENABLE (the test session itself runs with it on:
+    conftest.py), for a fresh interpreter that decides for itself."""
+    return {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+
+
 def page_faults(mode: str) -> int:
-    # THP off unless the mode asks for it (the test session itself runs with it on: conftest.py).
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env = env_without_thp()
     if mode == "huge":
         env["THP_MEM_ALLOC_ENABLE"] = "1"
     out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip())
 
 
-def thp_mode() -> str:
-    try:
-        return THP_MODE_FILE.read_text().split("[", 1)[1].split("]", 1)[0]
-    except (OSError, IndexError):
-        return "unavailable"
 
-
-@pytest.mark.skipif(thp_mode() not in ("madvise", "always"), reason="kernel transparent huge pages off or absent")
+@needs_thp
 def test_huge_pages_cut_page_faults_of_large_tensors() -> None:
     default, huge = page_faults("default"), page_faults("huge")
     pages = (1 << 25) * 4 // 4096
@@ -73,9 +76,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(thp_mode() not in ("madvise", "always"), reason="kernel transparent huge pages off or absent")
+@needs_thp
 def test_use_huge_pages_keeps_mid_size_tensors_in_the_heap() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env = env_without_thp()
     faults = {mode: int(subprocess.run([sys.executable, "-c", MID_SIZE, mode], capture_output=True, text=True,
                                        check=True, env=env).stdout)
               for mode in ("env-only", "use_huge_pages")}
@@ -94,12 +97,12 @@ print(on, why)
 """
 
 
-@pytest.mark.skipif(thp_mode() not in ("madvise", "always"), reason="kernel transparent huge pages off or absent")
+@needs_thp
 @pytest.mark.parametrize(("when", "expected"), [("early", "True on (kernel THP mode"),
                                                 ("late", "False THP_MEM_ALLOC_ENABLE=1 was set after"),
                                                 ("off", "False THP_MEM_ALLOC_ENABLE is not 1")])
 def test_huge_pages_state_says_whether_the_setting_took(when: str, expected: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env = env_without_thp()
     out = subprocess.run([sys.executable, "-c", HUGE_STATE, when], capture_output=True, text=True, check=True,
                          env=env)
     assert out.stdout.startswith(expected), out.stdout
