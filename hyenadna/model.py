@@ -184,21 +184,23 @@ def _input_gradient(g: Tensor, g_f: Tensor, k_f: Tensor, bias: Tensor, n: int) -
     return torch.addcmul(torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :g.shape[-1]], g, bias.unsqueeze(-1))
 
 
-def _filter_and_bias_gradients(g_f: Tensor, u_f: Tensor, n: int, seqlen: int, need_filter: bool,
+def _filter_and_bias_gradients(g_f: Tensor, u_f: Tensor, n: int, filter_len: int, need_filter: bool,
                                 need_bias: bool) -> tuple[Tensor | None, Tensor | None]:
-    """Gradients of a causal FFT conv y = k * u + bias u with respect to the filter (D, L) and the
-    bias (D,), from the spectra of the output gradient g and of the input u (..., D, n // 2 + 1).
+    """Gradients of a causal FFT conv y = k * u + bias u with respect to the filter (D, filter_len)
+    and the bias (D,), from the spectra of the output gradient g and of the input u (..., D, n // 2 + 1).
 
     Both come from one product spectrum g_f conj(u_f), summed over every leading (batch) axis in
-    frequency: the filter gradient (the correlation of g and u) is its inverse transform, and the
-    bias gradient sum_t g_t u_t is its Parseval sum, with no (B, D, L) product in the time
+    frequency: its inverse transform is the correlation sum_t g_t u_{t-s}, which is the filter
+    gradient at lag s and, at lag 0, the bias gradient sum_t g_t u_t. Without the filter gradient
+    the bias gradient is the spectrum's Parseval sum. No (B, D, L) product is formed in the time
     domain. Overwrites g_f.
     """
     p = g_f.mul_(u_f.conj()).reshape(-1, *g_f.shape[-2:])
     p = p[0] if p.shape[0] == 1 else p.sum(0)
-    grad_bias = _parseval_sum(p, n) if need_bias else None
-    grad_k = torch.fft.irfft(p, n=n)[..., :seqlen] if need_filter else None
-    return grad_k, grad_bias
+    if not need_filter:
+        return None, _parseval_sum(p, n) if need_bias else None
+    corr = torch.fft.irfft(p, n=n)
+    return corr[..., :filter_len], corr[..., 0].clone() if need_bias else None
 
 
 def _parseval_sum(p: Tensor, n: int) -> Tensor:
@@ -253,8 +255,13 @@ class _GatedFFTConvFn(torch.autograd.Function):
     into one (B, 3D, L) buffer (autograd would concatenate them after the split), and the gated
     product z is not stored (its spectrum is). The two gated products the transforms take (z forward, the conv
     output's gradient backward) are written straight into a zero-padded (B, D, n) buffer instead
-    of being padded by a copy inside rfft, and the bias gradient is a Parseval sum of the filter
-    gradient's spectrum instead of a time-domain product.
+    of being padded by a copy inside rfft, and the bias gradient is the filter gradient at lag 0
+    instead of a time-domain product.
+
+    k is the filter (D, L) or, to spare rfft its padding copy, the filter already zero-padded to
+    (D, fft_size(L)) (`HyenaFilter.filter(L, padded_to=n)`). For a padded k the gradient covers all
+    n entries, the pad's too (circular correlations that nothing upstream reads: the pad is
+    constant zeros).
     """
 
     @staticmethod
@@ -264,12 +271,14 @@ class _GatedFFTConvFn(torch.autograd.Function):
         d, seqlen = x.shape[1] // 3, x.shape[-1]
         x0, x1, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
         n = fft_size(seqlen)
+        if k.shape[-1] not in (seqlen, n):
+            raise ValueError(f"filter length {k.shape[-1]} is neither the input length {seqlen} nor its FFT size {n}")
         k_f = torch.fft.rfft(k, n=n)
         z_pad, z = _padded_product(v.float(), x1, n)
         z_f = torch.fft.rfft(z_pad)
         c = torch.addcmul(torch.fft.irfft(z_f * k_f, n=n)[..., :seqlen], z, bias.unsqueeze(-1))
         ctx.save_for_backward(x, z_f, k_f, c, bias)
-        ctx.n = n
+        ctx.n, ctx.filter_len = n, k.shape[-1]
         return c * x0
 
     @staticmethod
@@ -287,7 +296,7 @@ class _GatedFFTConvFn(torch.autograd.Function):
             torch.mul(grad_z, v, out=grad_x[:, d:2 * d])
             torch.mul(grad_z, x1, out=grad_x[:, 2 * d:])
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_k, grad_bias = _filter_and_bias_gradients(gc_f, z_f, n, seqlen, *ctx.needs_input_grad[1:3])
+            grad_k, grad_bias = _filter_and_bias_gradients(gc_f, z_f, n, ctx.filter_len, *ctx.needs_input_grad[1:3])
         return grad_x, grad_k, grad_bias
 
 
@@ -495,20 +504,39 @@ class ExponentialModulation(nn.Module):
         self.shift, self.modulate = shift, modulate
         self.decay_args = (d, fast_decay_pct, slow_decay_pct, target)
         self.register_buffer("deltas", decay_rates(*self.decay_args), persistent=False)
+        # (key, decay) of the last call: the decay is a constant of the positions, rebuilt only
+        # when they or the rates change. Decays larger than this are not kept (they cost far
+        # less than the rest of a step at those lengths).
+        self._decay_cache: tuple[tuple[Any, ...], Tensor] | None = None
+        self.decay_cache_max_bytes = 1 << 24
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         super()._apply(fn, recurse)
         if self.deltas.dtype != torch.float32:
             self.deltas = decay_rates(*self.decay_args, device=self.deltas.device)
+        self._decay_cache = None
         return self
+
+    def decay(self, t: Tensor) -> Tensor | None:
+        """t (1, L) -> exp(-t |delta|) + shift (D, L) in fp32, or None without modulation. It takes
+        no gradient; the result is shared between calls with the same positions, so callers must
+        not modify it."""
+        if not self.modulate:
+            return None
+        # Tensors made under inference_mode cannot be saved for backward: never reused outside it.
+        key = (t.data_ptr(), t.shape, t.device, t._version, self.deltas.data_ptr(), self.deltas._version, self.shift,
+               torch.is_inference_mode_enabled())
+        if self._decay_cache is not None and self._decay_cache[0] == key:
+            return self._decay_cache[1]
+        decay = torch.mul(t, rearrange(self.deltas.abs(), "1 1 d -> d 1")).neg_().exp_().add_(self.shift)
+        small = decay.numel() * decay.element_size() <= self.decay_cache_max_bytes
+        self._decay_cache = (key, decay) if small else None
+        return decay
 
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
         """t (1, L), h (D, L) -> (D, L): channels first, the layout of the FFT convolution."""
-        if not self.modulate:
-            return h
-        # exp(-t |delta|) + shift takes no gradient: built in place in one (D, L) buffer.
-        decay = torch.mul(t, rearrange(self.deltas.abs(), "1 1 d -> d 1")).neg_().exp_().add_(self.shift)
-        return h * decay
+        decay = self.decay(t)
+        return h if decay is None else h * decay
 
 
 class Sin(nn.Module):
@@ -575,8 +603,10 @@ class HyenaFilter(nn.Module):
             self._spectrum_cache = (key, torch.fft.rfft(self.filter(seqlen), n=n))
         return self._spectrum_cache[1]
 
-    def filter(self, seqlen: int) -> Tensor:
-        """The long filter for the first `seqlen` positions: (D, L) in fp32.
+    def filter(self, seqlen: int, padded_to: int | None = None) -> Tensor:
+        """The long filter for the first `seqlen` positions: (D, L) in fp32, or (D, padded_to) with
+        zeros after position L (the input the FFT convolution transforms; the fused filter writes
+        straight into it).
 
         Generated in fp32 with autocast off: sin(10 * x) of bf16 activations is noise, and the
         MLP costs O(L F^2) once per step, independent of the batch. The last (bias-free) layer is
@@ -588,19 +618,112 @@ class HyenaFilter(nn.Module):
         with torch.autocast(device_type=self.bias.device.type, enabled=False):
             z, t = self.pos_emb(seqlen)
             z, t = z[0].to(self.bias.dtype), rearrange(t, "1 l 1 -> 1 l")
+            if padded_to is not None and padded_to < seqlen:
+                raise ValueError(f"padded_to={padded_to} is shorter than the filter ({seqlen} positions)")
             if torch.is_grad_enabled() or seqlen <= self.inference_chunk_positions:
-                return self._filter_slice(z, t)
-            h = torch.empty(self.d, seqlen, device=z.device)
+                return self._filter_slice(z, t, padded_to)
+            h = torch.empty(self.d, padded_to or seqlen, device=z.device)
+            h[:, seqlen:].zero_()
             for s in range(0, seqlen, self.inference_chunk_positions):
-                e = s + self.inference_chunk_positions
+                e = min(s + self.inference_chunk_positions, seqlen)
                 h[:, s:e] = self._filter_slice(z[s:e], t[:, s:e])
             return h
 
-    def _filter_slice(self, z: Tensor, t: Tensor) -> Tensor:
-        """z (L, E), t (1, L) -> the filter at those positions, (D, L) in fp32."""
+    def _filter_slice(self, z: Tensor, t: Tensor, padded_to: int | None = None) -> Tensor:
+        """z (L, E), t (1, L) -> the filter at those positions, (D, L) in fp32 (or zero-padded to
+        (D, padded_to))."""
+        parts = self._fusable_parts()
+        if parts is not None:
+            return _ImplicitFilterFn.apply(z, self.modulation.decay(t), padded_to, *parts)
         hidden = self.implicit_filter[:-1](z)  # (L, F)
-        h = (self.implicit_filter[-1].weight @ hidden.mT).float()  # (D, L)
-        return self.modulation(t, h)
+        h = self.modulation(t, (self.implicit_filter[-1].weight @ hidden.mT).float())  # (D, L)
+        return h if padded_to is None else F.pad(h, (0, padded_to - h.shape[-1]))
+
+    def _fusable_parts(self) -> tuple[Tensor, ...] | None:
+        """(freq, W_out, W_0, b_0, W_1, b_1, ...) when the filter MLP is the fp32 chain this module
+        builds (plain Linear layers, one shared Sin, a bias-free last layer) and nothing hooks into
+        it, so `_ImplicitFilterFn` computes exactly what the modules would; None otherwise
+        (adapters, hooks, parametrizations, other dtypes: the module path, with autograd)."""
+        layers = list(self.implicit_filter)
+        linears, acts, last = layers[0:-1:2], layers[1:-1:2], layers[-1]
+        act = acts[0]
+        if (_hooked(self.implicit_filter) or _hooked(self.modulation) or type(self.modulation) is not ExponentialModulation
+                or type(act) is not Sin or _hooked(act) or any(a is not act for a in acts)
+                or len(linears) != len(acts) or not _plain_linear(last) or last.bias is not None
+                or not all(_plain_linear(m) and m.bias is not None for m in linears)):
+            return None
+        parts = (act.freq, last.weight, *(p for m in linears for p in (m.weight, m.bias)))
+        return parts if all(p.dtype == torch.float32 for p in parts) else None
+
+
+
+class _ImplicitFilterFn(torch.autograd.Function):
+    """The implicit filter of an fp32 `HyenaFilter` as one node with a hand-written backward:
+    p_i = f (W_i s_i + b_i), s_{i+1} = sin(p_i) from s_0 = z, then k = (W_out s_n^T) decay, (D, L),
+    optionally written into the front of a zero-padded (D, padded_to) buffer for the FFT.
+
+    Autograd through the modules runs about a dozen (L, F)-sized passes per MLP layer, and these
+    activations do not depend on the batch: at batch 1 and L = 1k the filter was a fifth of the
+    operator's step. Here the shared frequency f is folded into each layer's small weights, so a
+    layer is one GEMM and one sine forward, and one cosine, one product, two GEMMs and a column
+    sum backward. With dp_i the gradient of sin's argument, P_i = dp_i^T s_i and c_i = sum_t dp_i,
+    every parameter gradient is a small expression of those two:
+        dW_i = f^T P_i,  db_i = f c_i,  df = sum_i rowsum(W_i P_i) + b_i c_i,  ds_i = dp_i (f^T W_i),
+    the frequency's because sum_t dp_i (W_i s_i + b_i) = rowsum(W_i P_i) + b_i c_i. Per layer only
+    s_i and p_i are kept (autograd kept three (L, F) tensors), and the decay is applied in place.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, decay: Tensor | None, padded_to: int | None, freq: Tensor,  # type: ignore[override]
+                w_out: Tensor, *linear: Tensor) -> Tensor:
+        f_col = freq.reshape(-1, 1)  # (F, 1): scales the rows of an (F, in) weight
+        s, saved = z, []
+        for w, b in zip(linear[0::2], linear[1::2]):
+            w_f = f_col * w
+            p = torch.addmm(b * freq, s, w_f.mT)  # (L, F) = f (s W^T + b)
+            saved += [s, p, w_f]
+            s = torch.sin(p)
+        # (D, L): the FFT's layout, no transpose copy; with padded_to, written into the front of
+        # the zero-padded buffer the FFT reads.
+        seqlen = z.shape[0]
+        out = torch.empty(w_out.shape[0], padded_to or seqlen, dtype=s.dtype, device=s.device)
+        out[:, seqlen:].zero_()
+        k = torch.mm(w_out, s.mT, out=out[:, :seqlen])
+        if decay is not None:
+            k.mul_(decay)
+        ctx.has_decay = decay is not None
+        ctx.save_for_backward(decay if decay is not None else k.new_empty(0), freq, w_out, s, *linear, *saved)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_k: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        decay, freq, w_out, s, *rest = ctx.saved_tensors
+        grad_k = grad_k[:, :s.shape[0]]  # the pad is constant
+        layers = len(rest) // 5
+        linear, saved = rest[:2 * layers], rest[2 * layers:]
+        need = ctx.needs_input_grad[:2] + ctx.needs_input_grad[3:]  # indices as before padded_to
+        f_row, f_col = freq.reshape(-1), freq.reshape(-1, 1)
+        grad_z = grad_w_out = None
+        grad_linear: list[Tensor | None] = [None] * (2 * layers)
+        grad_freq = torch.zeros_like(f_row)
+        g = grad_k * decay if ctx.has_decay else grad_k  # (D, L)
+        if need[3]:
+            grad_w_out = torch.mm(g, s)
+        grad_s = torch.mm(g.mT, w_out)  # (L, F)
+        for i in reversed(range(layers)):
+            (w, b), (s_in, p, w_f) = linear[2 * i:2 * i + 2], saved[3 * i:3 * i + 3]
+            grad_p = torch.cos(p).mul_(grad_s)  # (L, F)
+            p_mat, p_sum = torch.mm(grad_p.mT, s_in), grad_p.sum(0)  # (F, in), (F,)
+            if need[4 + 2 * i]:
+                grad_linear[2 * i] = f_col * p_mat
+            if need[5 + 2 * i]:
+                grad_linear[2 * i + 1] = f_row * p_sum
+            if need[2]:
+                grad_freq.add_(torch.linalg.vecdot(w, p_mat)).addcmul_(b, p_sum)
+            if i > 0 or need[0]:
+                grad_s = torch.mm(grad_p, w_f)
+        grad_z = grad_s if need[0] else None
+        return (grad_z, None, None, grad_freq.reshape(freq.shape) if need[2] else None, grad_w_out, *grad_linear)
 
 # --------------------------------------------------------------------------------------------
 # Hyena operator
@@ -646,7 +769,7 @@ class HyenaOperator(nn.Module):
         *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
         if torch.is_grad_enabled() and self.order == 2 and not (self.training and self.dropout.p > 0):
             # The filter and bias whole (a select would cost a zero-filled gradient copy).
-            k = self.filter_fn.filter(seqlen)
+            k = self.filter_fn.filter(seqlen, padded_to=fft_size(seqlen))
             return _linear_channels_last(self.out_proj, gated_fftconv(x, k, self.filter_fn.bias))
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
         if torch.is_grad_enabled():
@@ -694,9 +817,14 @@ class HyenaOperator(nn.Module):
         return out
 
 
+def _hooked(module: nn.Module) -> bool:
+    """True if anything hooks into the module's forward."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 def _plain_linear(module: nn.Module) -> bool:
     """True for an nn.Linear with no forward hooks: safe to apply as a raw GEMM on its weights."""
-    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+    return type(module) is nn.Linear and not _hooked(module)
 
 
 def _linear_channels_first(linear: nn.Linear, u: Tensor) -> Tensor:
