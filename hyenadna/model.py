@@ -178,11 +178,14 @@ def fft_size(seqlen: int) -> int:
     return best
 
 
-def _input_gradient(g: Tensor, g_f: Tensor, kc_f: Tensor, bias: Tensor, n: int) -> Tensor:
+def _input_gradient(g: Tensor, g_f: Tensor, kc_f: Tensor, bias: Tensor, n: int, as_view: bool = False) -> Tensor:
     """Gradient of a causal FFT conv y = k * u + bias u with respect to u, from the output
     gradient g (..., D, L), its spectrum g_f and the filter's conjugated spectrum kc_f: the
-    correlation sum_t g_t k_{t-s} plus the skip term."""
-    return torch.addcmul(torch.fft.irfft(g_f * kc_f, n=n)[..., :g.shape[-1]], g, bias.unsqueeze(-1))
+    correlation sum_t g_t k_{t-s} plus the skip term. With as_view, the skip term is added in
+    place into the first L positions of the (..., D, n) transform, and that view is returned
+    (one allocation fewer, for a caller that reads it at once)."""
+    corr = torch.fft.irfft(g_f * kc_f, n=n)[..., :g.shape[-1]]
+    return corr.addcmul_(g, bias.unsqueeze(-1)) if as_view else torch.addcmul(corr, g, bias.unsqueeze(-1))
 
 
 def _filter_and_bias_gradients(g_f: Tensor, uc_f: Tensor, n: int, filter_len: int, need_filter: bool,
@@ -304,7 +307,7 @@ class _GatedFFTConvFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x)
             torch.mul(grad_y, c, out=grad_x[:, :d])
-            grad_z = _input_gradient(gc, gc_f, kc_f, bias, n)
+            grad_z = _input_gradient(gc, gc_f, kc_f, bias, n, as_view=True)
             torch.mul(grad_z, v, out=grad_x[:, d:2 * d])
             torch.mul(grad_z, x1, out=grad_x[:, 2 * d:])
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
@@ -726,10 +729,13 @@ class _ImplicitFilterFn(torch.autograd.Function):
         g = grad_k * decay if ctx.has_decay else grad_k  # (D, L)
         if need[3]:
             grad_w_out = torch.mm(g, s)
-        grad_s = torch.mm(g.mT, w_out)  # (L, F)
+        # Two (L, F) buffers for the whole chain: grad_s (overwritten by each layer's input
+        # gradient once read) and grad_p (each layer's cosine), not two fresh ones per layer.
+        grad_s, grad_p = torch.mm(g.mT, w_out), None  # (L, F)
         for i in reversed(range(layers)):
             (w, b), (s_in, p, w_f) = linear[2 * i:2 * i + 2], saved[3 * i:3 * i + 3]
-            grad_p = torch.cos(p).mul_(grad_s)  # (L, F)
+            grad_p = torch.cos(p) if grad_p is None else torch.cos(p, out=grad_p)
+            grad_p.mul_(grad_s)  # (L, F)
             p_mat, p_sum = torch.mm(grad_p.mT, s_in), grad_p.sum(0)  # (F, in), (F,)
             if need[4 + 2 * i]:
                 grad_linear[2 * i] = f_col * p_mat
@@ -737,7 +743,9 @@ class _ImplicitFilterFn(torch.autograd.Function):
                 grad_linear[2 * i + 1] = f_row * p_sum
             if need[2]:
                 grad_freq.add_(torch.linalg.vecdot(w, p_mat)).addcmul_(b, p_sum)
-            if i > 0 or need[0]:
+            if i > 0:
+                grad_s = torch.mm(grad_p, w_f, out=grad_s)  # every hidden layer is (F, F)
+            elif need[0]:
                 grad_s = torch.mm(grad_p, w_f)
         grad_z = grad_s if need[0] else None
         return (grad_z, None, None, grad_freq.reshape(freq.shape) if need[2] else None, grad_w_out, *grad_linear)
