@@ -178,14 +178,11 @@ def fft_size(seqlen: int) -> int:
     return best
 
 
-def _input_gradient(g: Tensor, g_f: Tensor, kc_f: Tensor, bias: Tensor, n: int, as_view: bool = False) -> Tensor:
+def _input_gradient(g: Tensor, g_f: Tensor, kc_f: Tensor, bias: Tensor, n: int) -> Tensor:
     """Gradient of a causal FFT conv y = k * u + bias u with respect to u, from the output
     gradient g (..., D, L), its spectrum g_f and the filter's conjugated spectrum kc_f: the
-    correlation sum_t g_t k_{t-s} plus the skip term. With as_view, the skip term is added in
-    place into the first L positions of the (..., D, n) transform, and that view is returned
-    (one allocation fewer, for a caller that reads it at once)."""
-    corr = torch.fft.irfft(g_f * kc_f, n=n)[..., :g.shape[-1]]
-    return corr.addcmul_(g, bias.unsqueeze(-1)) if as_view else torch.addcmul(corr, g, bias.unsqueeze(-1))
+    correlation sum_t g_t k_{t-s} plus the skip term."""
+    return torch.addcmul(torch.fft.irfft(g_f * kc_f, n=n)[..., :g.shape[-1]], g, bias.unsqueeze(-1))
 
 
 def _filter_and_bias_gradients(g_f: Tensor, uc_f: Tensor, n: int, filter_len: int, need_filter: bool,
@@ -267,10 +264,13 @@ class _GatedFFTConvFn(torch.autograd.Function):
 
     One node instead of gate, FFT conv, gate: backward writes the three input gradients straight
     into one (B, 3D, L) buffer (autograd would concatenate them after the split), and the gated
-    product z is not stored (its spectrum is). The two gated products the transforms take (z forward, the conv
-    output's gradient backward) are written straight into a zero-padded (B, D, n) buffer instead
-    of being padded by a copy inside rfft, and the bias gradient is the filter gradient at lag 0
-    instead of a time-domain product.
+    product z is not stored (its spectrum is). The skip term bias z is the convolution's tap at lag
+    0, so it is folded into the filter's spectrum (a unit impulse transforms to 1 in every bin):
+    no time-domain pass for it either way, and the bias gradient is the filter gradient at lag 0.
+    The two gated products the transforms take (z forward, the conv output's gradient backward)
+    are written into zero-padded buffers (no padding copy inside rfft) whose rows hold n // 2 + 1
+    complex values, so the spectrum product that follows each transform overwrites the buffer
+    instead of taking a fresh one.
 
     k is the filter (D, L) or, to spare rfft its padding copy, the filter already zero-padded to
     (D, fft_size(L)) (`HyenaFilter.filter(L, padded_to=n)`). For a padded k the gradient covers all
@@ -287,27 +287,29 @@ class _GatedFFTConvFn(torch.autograd.Function):
         n = fft_size(seqlen)
         if k.shape[-1] not in (seqlen, n):
             raise ValueError(f"filter length {k.shape[-1]} is neither the input length {seqlen} nor its FFT size {n}")
-        k_f = torch.fft.rfft(k, n=n)
-        z_pad, z = _padded_product(v.float(), x1, n)
-        z_f = torch.fft.rfft(z_pad)
-        c = torch.addcmul(torch.fft.irfft(z_f * k_f, n=n)[..., :seqlen], z, bias.unsqueeze(-1))
+        k_f = torch.fft.rfft(k, n=n).add_(bias.unsqueeze(-1))  # + the skip tap
+        buf = _padded_product(v.float(), x1, n)
+        z_f = torch.fft.rfft(buf[..., :n])
+        q = torch.mul(z_f, k_f, out=_as_spectrum(buf, n))  # z itself is no longer needed
+        c = torch.fft.irfft(q, n=n)[..., :seqlen].contiguous()
         _conj_in_place(z_f, k_f)
-        ctx.save_for_backward(x, z_f, k_f, c, bias)  # both spectra conjugated
+        ctx.save_for_backward(x, z_f, k_f, c)  # both spectra conjugated
         ctx.n, ctx.filter_len = n, k.shape[-1]
         return c * x0
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        x, zc_f, kc_f, c, bias = ctx.saved_tensors
+        x, zc_f, kc_f, c = ctx.saved_tensors
         n, seqlen, d = ctx.n, x.shape[-1], x.shape[1] // 3
         x0, x1, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
-        gc_pad, gc = _padded_product(grad_y, x0, n)  # gradient of the conv output c
-        gc_f = torch.fft.rfft(gc_pad)
+        buf = _padded_product(grad_y, x0, n)  # the gradient of the conv output c
+        gc_f = torch.fft.rfft(buf[..., :n])
         grad_x = grad_k = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x)
             torch.mul(grad_y, c, out=grad_x[:, :d])
-            grad_z = _input_gradient(gc, gc_f, kc_f, bias, n, as_view=True)
+            # The correlation with the filter, skip tap included, over the spent gradient buffer.
+            grad_z = torch.fft.irfft(torch.mul(gc_f, kc_f, out=_as_spectrum(buf, n)), n=n)[..., :seqlen]
             torch.mul(grad_z, v, out=grad_x[:, d:2 * d])
             torch.mul(grad_z, x1, out=grad_x[:, 2 * d:])
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
@@ -315,13 +317,20 @@ class _GatedFFTConvFn(torch.autograd.Function):
         return grad_x, grad_k, grad_bias
 
 
-def _padded_product(a: Tensor, b: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """a * b (B, C, L) in fp32, written into the first L positions of a zero-padded (B, C, n)
-    buffer: -> (the padded buffer, ready for rfft; the product, a view of it)."""
+def _padded_product(a: Tensor, b: Tensor, n: int) -> Tensor:
+    """a * b (B, C, L) in fp32, written into the first L positions of zero-padded rows: -> the
+    buffer (B, C, 2 (n // 2 + 1)), whose first n columns are the rfft input of size n and which
+    `_as_spectrum` reuses for an (n // 2 + 1)-bin spectrum once that input is spent."""
     *lead, seqlen = a.shape
-    buf = torch.empty(*lead, n, dtype=torch.float32, device=a.device)
+    buf = torch.empty(*lead, 2 * (n // 2 + 1), dtype=torch.float32, device=a.device)
     buf[..., seqlen:].zero_()
-    return buf, torch.mul(a, b, out=buf[..., :seqlen])
+    torch.mul(a, b, out=buf[..., :seqlen])
+    return buf
+
+
+def _as_spectrum(buf: Tensor, n: int) -> Tensor:
+    """A `_padded_product` buffer viewed as a complex (B, C, n // 2 + 1) spectrum."""
+    return torch.view_as_complex(buf.view(*buf.shape[:-1], n // 2 + 1, 2))
 
 
 def gated_fftconv(x: Tensor, k: Tensor, bias: Tensor) -> Tensor:
