@@ -15,6 +15,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -157,6 +158,14 @@ class HyenaOutput:
 # --------------------------------------------------------------------------------------------
 # FFT long convolution, and the slow reference it must equal
 # --------------------------------------------------------------------------------------------
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """A region that computes in the tensors' own dtypes: autocast disabled where it is on (a
+    no-op context otherwise, cheaper than entering a disabled autocast on every call)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def fft_size(seqlen: int) -> int:
@@ -337,20 +346,22 @@ def gated_fftconv(x: Tensor, k: Tensor, bias: Tensor) -> Tensor:
     """Order-2 Hyena core x0 * fftconv(x1 * v, k, bias) for x = [x0; x1; v] (B, 3D, L), k (D, L),
     bias (D,) -> (B, D, L) in x's dtype; gating and transform run in fp32 (see `fftconv`), x's
     gradient comes back in x's dtype."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with _autocast_off(x.device.type):
         y = _GatedFFTConvFn.apply(x, k.float(), bias.float())
     return y.to(x.dtype)
 
 
-def _shifted_taps(x: Tensor, taps: Tensor, bias: Tensor | None = None, reverse: bool = False) -> Tensor:
+def _shifted_taps(x: Tensor, taps: Tensor, bias: Tensor | None = None, reverse: bool = False,
+                  out: Tensor | None = None) -> Tensor:
     """sum_j taps[:, j] * x shifted right by k-1-j (left, i.e. looking ahead, if reverse) + bias.
 
     x: (B, C, L), taps: (C, k), bias: (C, 1) or None. One multiply-add pass per tap over slices,
     with no padded copy. The first tap is a plain multiply and the bias is added last, in place:
-    an out-of-place addcmul with a broadcast (C, 1) first operand is much slower on CPU.
+    an out-of-place addcmul with a broadcast (C, 1) first operand is much slower on CPU. `out`:
+    a (B, C, L) buffer to write the result into.
     """
     k, seqlen = taps.shape[-1], x.shape[-1]
-    y = torch.mul(x, taps[:, k - 1:k])
+    y = torch.mul(x, taps[:, k - 1:k], out=out)
     for lag in range(1, min(k, seqlen)):
         w = taps[:, k - 1 - lag:k - lag]
         if reverse:
@@ -386,17 +397,21 @@ class _ShortConvFn(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         w_dtype, b_dtype = ctx.param_dtypes
         acc = torch.promote_types(grad_y.dtype, torch.float32)  # sums of B x L terms: at least fp32
-        if ctx.needs_input_grad[0]:
-            grad_x = _shifted_taps(grad_y, weight[:, 0].to(grad_y.dtype), reverse=True).to(x.dtype)
+        prod_dtype = torch.promote_types(grad_y.dtype, x.dtype)
+        # The input gradient's buffer, when it has the products' dtype, first holds them.
+        grad_x_buf = (torch.empty_like(x) if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
+                      and x.dtype == grad_y.dtype == prod_dtype else None)
         if ctx.needs_input_grad[1]:
             # sum_t grad_y_t x_{t - lag} per channel (tap j multiplies x_{t - lag}), summed in at
             # least fp32. The products go through one buffer shared by the taps (each fills a
-            # prefix), over channel chunks of at most `_SHORT_CONV_PRODUCT_ELEMENTS` values: one
-            # chunk up to 16k tokens at D = 128, a bounded 64 MB at 1M instead of 1.5 GB.
+            # prefix): the input gradient's, before it is computed, else one over channel chunks
+            # of at most `_SHORT_CONV_PRODUCT_ELEMENTS` values (a bounded 64 MB at 1M tokens).
             batch, channels = x.shape[:2]
-            step = max(1, _SHORT_CONV_PRODUCT_ELEMENTS // (batch * seqlen))
-            prod = torch.empty((batch, min(step, channels), seqlen), dtype=torch.promote_types(grad_y.dtype, x.dtype),
-                               device=x.device)
+            if grad_x_buf is not None:
+                step, prod = channels, grad_x_buf
+            else:
+                step = max(1, _SHORT_CONV_PRODUCT_ELEMENTS // (batch * seqlen))
+                prod = torch.empty((batch, min(step, channels), seqlen), dtype=prod_dtype, device=x.device)
             grad_w = grad_y.new_zeros((channels, taps), dtype=acc)
             for c0 in range(0, channels, step):
                 c1 = min(c0 + step, channels)
@@ -405,6 +420,8 @@ class _ShortConvFn(torch.autograd.Function):
                     p = torch.mul(grad_y[:, c0:c1, lag:], x[:, c0:c1, :seqlen - lag], out=prod[:, :c1 - c0, :seqlen - lag])
                     grad_w[c0:c1, j] = p.sum((0, 2), dtype=acc)
             grad_w = grad_w.unsqueeze(1).to(w_dtype)
+        if ctx.needs_input_grad[0]:
+            grad_x = _shifted_taps(grad_y, weight[:, 0].to(grad_y.dtype), reverse=True, out=grad_x_buf).to(x.dtype)
         if ctx.needs_input_grad[2]:
             grad_b = grad_y.sum((0, 2), dtype=acc).to(b_dtype)
         return grad_x, grad_w, grad_b
@@ -418,7 +435,7 @@ def fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
     The transform runs in fp32 even under bf16/fp16 autocast: half-precision FFTs lose too many
     bits over long sequences.
     """
-    with torch.autocast(device_type=u.device.type, enabled=False):
+    with _autocast_off(u.device.type):
         y = _FFTConvFn.apply(u.float(), k.float(), bias.float())
     return y.to(u.dtype)
 
@@ -448,7 +465,7 @@ def fftconv_inference(u: Tensor, bias: Tensor, k: Tensor | None = None, k_f: Ten
         yc = torch.fft.irfft(torch.fft.rfft(uc, n=n) * kc, n=n)[..., :seqlen]
         return torch.addcmul(yc, uc, bias[c0:c1].float().unsqueeze(-1))
 
-    with torch.autocast(device_type=u.device.type, enabled=False):
+    with _autocast_off(u.device.type):
         if step >= d:  # one chunk: no copy into an output buffer
             return channels(0, d).to(u.dtype)
         y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
@@ -642,7 +659,7 @@ class HyenaFilter(nn.Module):
         slices (the MLP and the decay are per position), so the (L, F) hidden activations of a
         1M-long filter never exist whole.
         """
-        with torch.autocast(device_type=self.bias.device.type, enabled=False):
+        with _autocast_off(self.bias.device.type):
             z, t = self.pos_emb(seqlen)
             z, t = z[0].to(self.bias.dtype), t[:, :, 0]  # (L, E), (1, L)
             if padded_to is not None and padded_to < seqlen:
@@ -893,7 +910,7 @@ class _ProjectionFn(torch.autograd.Function):
         dev = x.device.type
         dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
                  else torch.promote_types(x.dtype, weight.dtype))
-        with torch.autocast(device_type=dev, enabled=False):
+        with _autocast_off(dev):
             xc, w = x.to(dtype), weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
             if to_channels:  # W (D_out, D_in) @ x^T (D_in, L) + b (D_out, 1)
@@ -921,7 +938,7 @@ class _ProjectionFn(torch.autograd.Function):
         grad = grad.to(xc.dtype)
         batch, acc = xc.shape[0], torch.promote_types(xc.dtype, torch.float32)  # sums in at least fp32
         grad_x = grad_w = grad_b = None
-        with torch.autocast(device_type=xc.device.type, enabled=False):
+        with _autocast_off(xc.device.type):
             if ctx.to_channels:  # grad (B, D_out, L)
                 if ctx.needs_input_grad[0]:
                     grad_x = torch.bmm(grad.mT, w.expand(batch, -1, -1)).to(x_dtype)  # (B, L, D_in)

@@ -105,15 +105,17 @@ def test_fftconv_backward_passes_gradcheck() -> None:
 
 @pytest.mark.parametrize("product_elements", [1 << 24, 100])
 @pytest.mark.parametrize("seqlen", [1, 2, 3, 50])
-def test_short_conv_equals_conv1d_module(seqlen: int, product_elements: int, monkeypatch) -> None:
-    """Values and gradients to fp64 precision; a small product buffer makes the weight gradient
-    run over channel chunks (1 channel at a time at L = 50, batch 2)."""
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_short_conv_equals_conv1d_module(seqlen: int, product_elements: int, input_grad: bool, monkeypatch) -> None:
+    """Values and gradients to fp64 precision. With the input gradient the weight gradient's
+    products go through its buffer; without, through their own, where a small product buffer
+    makes the weight gradient run over channel chunks (1 channel at a time at L = 50, batch 2)."""
     monkeypatch.setattr(model_module, "_SHORT_CONV_PRODUCT_ELEMENTS", product_elements)
     torch.manual_seed(seqlen)
     conv = torch.nn.Conv1d(6, 6, kernel_size=3, groups=6, padding=2).double()
-    x = torch.randn(2, 6, seqlen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 6, seqlen, dtype=torch.float64, requires_grad=input_grad)
     g = torch.randn(2, 6, seqlen, dtype=torch.float64)
-    params = [x, conv.weight, conv.bias]
+    params = [x, conv.weight, conv.bias] if input_grad else [conv.weight, conv.bias]
     y, y_ref = _ShortConvFn.apply(x, conv.weight, conv.bias), conv(x)[..., :seqlen]
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads(y, g, params), grads(y_ref, g, params)):
