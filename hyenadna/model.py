@@ -747,13 +747,15 @@ class _ImplicitFilterFn(torch.autograd.Function):
         grad_k = grad_k[:, :s.shape[0]]  # the pad is constant
         layers = len(rest) // 5
         linear, saved = rest[:2 * layers], rest[2 * layers:]
-        need = ctx.needs_input_grad[:2] + ctx.needs_input_grad[3:]  # indices as before padded_to
+        # Inputs: z, decay, padded_to, freq, w_out, then W_0, b_0, W_1, b_1, ...
+        need = ctx.needs_input_grad
+        need_z, need_freq, need_w_out, need_linear = need[0], need[3], need[4], need[5:]
         f_row, f_col = freq.reshape(-1), freq.reshape(-1, 1)
-        grad_z = grad_w_out = None
+        grad_w_out = None
         grad_linear: list[Tensor | None] = [None] * (2 * layers)
         grad_freq = torch.zeros_like(f_row)
         g = grad_k * decay if ctx.has_decay else grad_k  # (D, L)
-        if need[3]:
+        if need_w_out:
             grad_w_out = torch.mm(g, s)
         # Two (L, F) buffers for the whole chain: grad_s (overwritten by each layer's input
         # gradient once read) and grad_p (each layer's cosine), not two fresh ones per layer.
@@ -763,18 +765,18 @@ class _ImplicitFilterFn(torch.autograd.Function):
             grad_p = torch.cos(p) if grad_p is None else torch.cos(p, out=grad_p)
             grad_p.mul_(grad_s)  # (L, F)
             p_mat, p_sum = torch.mm(grad_p.mT, s_in), grad_p.sum(0)  # (F, in), (F,)
-            if need[4 + 2 * i]:
+            if need_linear[2 * i]:
                 grad_linear[2 * i] = f_col * p_mat
-            if need[5 + 2 * i]:
+            if need_linear[2 * i + 1]:
                 grad_linear[2 * i + 1] = f_row * p_sum
-            if need[2]:
+            if need_freq:
                 grad_freq.add_(torch.linalg.vecdot(w, p_mat)).addcmul_(b, p_sum)
             if i > 0:
                 grad_s = torch.mm(grad_p, w_f, out=grad_s)  # every hidden layer is (F, F)
-            elif need[0]:
+            elif need_z:
                 grad_s = torch.mm(grad_p, w_f)
-        grad_z = grad_s if need[0] else None
-        return (grad_z, None, None, grad_freq.reshape(freq.shape) if need[2] else None, grad_w_out, *grad_linear)
+        return (grad_s if need_z else None, None, None, grad_freq.reshape(freq.shape) if need_freq else None,
+                grad_w_out, *grad_linear)
 
 # --------------------------------------------------------------------------------------------
 # Hyena operator
