@@ -31,8 +31,10 @@ blocks stay in the process, and the heap fragments), so it is opt-in (`cpu_keep_
 in the train/finetune configs, `--keep-freed-memory` in the benchmarks). Measured on the 2-core,
 24 GB VM before huge pages (benchmarks/README.md): operator fwd+bwd at 256k tokens 5.24 s ->
 2.95 s, peak RSS 4.6 -> 6.4 GB; at 1M tokens the fragmented heap grew past 24 GB and the process
-was killed, where the default allocator peaks near 17 GB. With huge pages on, 256k runs in 2.9 s
-without it.
+was killed, where the default allocator peaks near 17 GB. With huge pages on and fewer
+allocations per step (2026-12-02, `benchmarks/bench_page_faults.py --length L --keep-freed-memory`):
+256k 2.6 s instead of 3.6 s (peak 5.4 instead of 4.4 GB), 1M 11.6 s instead of 14.6 s (peak 19.7
+instead of 16.6 GB, within the 24 GB VM).
 """
 
 from __future__ import annotations
