@@ -343,9 +343,9 @@ def _as_spectrum(buf: Tensor, n: int) -> Tensor:
 
 
 def gated_fftconv(x: Tensor, k: Tensor, bias: Tensor) -> Tensor:
-    """Order-2 Hyena core x0 * fftconv(x1 * v, k, bias) for x = [x0; x1; v] (B, 3D, L), k (D, L),
-    bias (D,) -> (B, D, L) in x's dtype; gating and transform run in fp32 (see `fftconv`), x's
-    gradient comes back in x's dtype."""
+    """Order-2 Hyena core x0 * fftconv(x1 * v, k, bias) for x = [x0; x1; v] (B, 3D, L), k (D, L)
+    or zero-padded to (D, fft_size(L)), bias (D,) -> (B, D, L) in x's dtype; gating and transform
+    run in fp32 (see `fftconv`), x's gradient comes back in x's dtype."""
     with _autocast_off(x.device.type):
         y = _GatedFFTConvFn.apply(x, k.float(), bias.float())
     return y.to(x.dtype)
@@ -821,7 +821,8 @@ class HyenaOperator(nn.Module):
             x = self._project_in_slices(u)
         *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
         if torch.is_grad_enabled() and self.order == 2 and not (self.training and self.dropout.p > 0):
-            # The filter and bias whole (a select would cost a zero-filled gradient copy).
+            # The filter and bias whole (a select would cost a zero-filled gradient copy), the
+            # filter zero-padded to the FFT size by its own Function (no padding copy in rfft).
             k = self.filter_fn.filter(seqlen, padded_to=fft_size(seqlen))
             return _linear_channels_last(self.out_proj, gated_fftconv(x, k, self.filter_fn.bias))
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
