@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from hyenadna import model as hyenadna_model
-from hyenadna.runtime import huge_pages_state, keep_freed_memory, use_huge_pages
+from hyenadna.runtime import buffers, huge_pages_state, keep_freed_memory, use_huge_pages
 
 
 def machine() -> str:
@@ -66,13 +66,17 @@ def peak_rss_gb() -> float:
 
 
 def add_memory_flags(p: argparse.ArgumentParser) -> None:
-    """--no-huge-pages and --keep-freed-memory: the process-level settings of hyenadna/runtime.py."""
+    """--no-huge-pages, --keep-freed-memory and --no-buffer-reuse: the process-level settings of
+    hyenadna/runtime.py."""
     p.add_argument("--no-huge-pages", action="store_true",
                    help="CPU tensors on 4 KB pages (the default here, as in train.py, is 2 MB transparent huge "
                         "pages: THP_MEM_ALLOC_ENABLE=1)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc keeps freed memory for reuse (hyenadna.runtime.keep_freed_memory): long "
                         "sequences stop paying the kernel to fault in and zero fresh pages every step")
+    p.add_argument("--no-buffer-reuse", action="store_true",
+                   help="the model's large CPU buffers are allocated fresh at every step (the default reuses "
+                        "them across steps: hyenadna.runtime.BufferPool, cpu_reuse_buffers in the configs)")
 
 
 def apply_memory_flags(args: argparse.Namespace) -> str:
@@ -84,5 +88,7 @@ def apply_memory_flags(args: argparse.Namespace) -> str:
         raise SystemExit(f"huge pages requested but off: {why} (--no-huge-pages to run without)")
     if args.keep_freed_memory and (why := keep_freed_memory()):
         raise SystemExit(f"--keep-freed-memory: {why}")
+    buffers.enabled = buffers.available and not args.no_buffer_reuse
     return (f"huge pages {'on' if on else 'off'}; "
-            f"freed memory {'kept for reuse' if args.keep_freed_memory else 'returned (default)'}")
+            f"freed memory {'kept for reuse' if args.keep_freed_memory else 'returned (default)'}; "
+            f"model buffers {'reused' if buffers.enabled else 'fresh each step'}")

@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = frozenset({"task", "method", "model", "trainer", "logger", "optimizer", "scheduler", "pretrained",
                             "pretrain_overrides", "early_stopping_patience", "monitor", "monitor_mode", "icl_shots", "seed",
                             "output_dir", "experiment_name", "torch_threads", "compile",
-                            "cpu_huge_pages", "cpu_keep_freed_memory"})
+                            "cpu_huge_pages", "cpu_keep_freed_memory", "cpu_reuse_buffers"})
 
 
 def resolve_path(path: str) -> str:

@@ -26,6 +26,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from hyenadna.runtime import buffers
+
 # --------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def _filter_and_bias_gradients(g_f: Tensor, uc_f: Tensor, n: int, filter_len: in
     domain. Overwrites g_f.
     """
     p = g_f.mul_(uc_f).reshape(-1, *g_f.shape[-2:])
-    p = p[0] if p.shape[0] == 1 else p.sum(0)
+    p = p[0] if p.shape[0] == 1 else torch.sum(p, 0, out=_empty(p.shape[1:], p.dtype, p.device))
     if not need_filter:
         return None, _parseval_sum(p, n) if need_bias else None
     corr = torch.fft.irfft(p, n=n)
@@ -300,11 +302,12 @@ class _GatedFFTConvFn(torch.autograd.Function):
         buf = _padded_product(v.float(), x1, n)
         z_f = torch.fft.rfft(buf[..., :n])
         q = torch.mul(z_f, k_f, out=_as_spectrum(buf, n))  # z itself is no longer needed
-        c = torch.fft.irfft(q, n=n)[..., :seqlen].contiguous()
+        c = _empty(x0.shape, torch.float32, x.device).copy_(torch.fft.irfft(q, n=n)[..., :seqlen])
+        del buf, q
         _conj_in_place(z_f, k_f)
         ctx.save_for_backward(x, z_f, k_f, c)  # both spectra conjugated
         ctx.n, ctx.filter_len = n, k.shape[-1]
-        return c * x0
+        return torch.mul(c, x0, out=_empty(x0.shape, torch.float32, x.device))
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
@@ -315,7 +318,7 @@ class _GatedFFTConvFn(torch.autograd.Function):
         gc_f = torch.fft.rfft(buf[..., :n])
         grad_x = grad_k = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x)
+            grad_x = _empty(x.shape, x.dtype, x.device)
             torch.mul(grad_y, c, out=grad_x[:, :d])
             # The correlation with the filter, skip tap included, over the spent gradient buffer.
             grad_z = torch.fft.irfft(torch.mul(gc_f, kc_f, out=_as_spectrum(buf, n)), n=n)[..., :seqlen]
@@ -331,10 +334,17 @@ def _padded_product(a: Tensor, b: Tensor, n: int) -> Tensor:
     buffer (B, C, 2 (n // 2 + 1)), whose first n columns are the rfft input of size n and which
     `_as_spectrum` reuses for an (n // 2 + 1)-bin spectrum once that input is spent."""
     *lead, seqlen = a.shape
-    buf = torch.empty(*lead, 2 * (n // 2 + 1), dtype=torch.float32, device=a.device)
+    buf = _empty((*lead, 2 * (n // 2 + 1)), torch.float32, a.device)
     buf[..., seqlen:].zero_()
     torch.mul(a, b, out=buf[..., :seqlen])
     return buf
+
+
+def _empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """torch.empty for the Functions' large activations and gradients: on CPU, a storage kept from
+    an earlier step when one of that size is free (`hyenadna.runtime.BufferPool`), so the kernel
+    does not fault in and zero gigabytes of fresh pages at every step of a long sequence."""
+    return buffers.empty(tuple(shape), dtype, device)
 
 
 def _as_spectrum(buf: Tensor, n: int) -> Tensor:
@@ -388,7 +398,8 @@ class _ShortConvFn(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.param_dtypes = (weight.dtype, bias.dtype)
         # In x's dtype, as nn.Conv1d under autocast: bf16 activations stay bf16, not promoted to fp32.
-        return _shifted_taps(x, weight[:, 0].to(x.dtype), bias.to(x.dtype).unsqueeze(-1))
+        return _shifted_taps(x, weight[:, 0].to(x.dtype), bias.to(x.dtype).unsqueeze(-1),
+                             out=_empty(x.shape, x.dtype, x.device))
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
@@ -399,7 +410,7 @@ class _ShortConvFn(torch.autograd.Function):
         acc = torch.promote_types(grad_y.dtype, torch.float32)  # sums of B x L terms: at least fp32
         prod_dtype = torch.promote_types(grad_y.dtype, x.dtype)
         # The input gradient's buffer, when it has the products' dtype, first holds them.
-        grad_x_buf = (torch.empty_like(x) if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
+        grad_x_buf = (_empty(x.shape, x.dtype, x.device) if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
                       and x.dtype == grad_y.dtype == prod_dtype else None)
         if ctx.needs_input_grad[1]:
             # sum_t grad_y_t x_{t - lag} per channel (tap j multiplies x_{t - lag}), summed in at
@@ -421,7 +432,8 @@ class _ShortConvFn(torch.autograd.Function):
                     grad_w[c0:c1, j] = p.sum((0, 2), dtype=acc)
             grad_w = grad_w.unsqueeze(1).to(w_dtype)
         if ctx.needs_input_grad[0]:
-            grad_x = _shifted_taps(grad_y, weight[:, 0].to(grad_y.dtype), reverse=True, out=grad_x_buf).to(x.dtype)
+            out = grad_x_buf if grad_x_buf is not None else _empty(grad_y.shape, grad_y.dtype, grad_y.device)
+            grad_x = _shifted_taps(grad_y, weight[:, 0].to(grad_y.dtype), reverse=True, out=out).to(x.dtype)
         if ctx.needs_input_grad[2]:
             grad_b = grad_y.sum((0, 2), dtype=acc).to(b_dtype)
         return grad_x, grad_w, grad_b
@@ -726,13 +738,14 @@ class _ImplicitFilterFn(torch.autograd.Function):
         s, saved = z, []
         for w, b in zip(linear[0::2], linear[1::2]):
             w_f = f_col * w
-            p = torch.addmm(b * freq, s, w_f.mT)  # (L, F) = f (s W^T + b)
+            p = _empty((s.shape[0], w.shape[0]), s.dtype, s.device)
+            torch.addmm(b * freq, s, w_f.mT, out=p)  # (L, F) = f (s W^T + b)
             saved += [s, p, w_f]
-            s = torch.sin(p)
+            s = torch.sin(p, out=_empty(p.shape, p.dtype, p.device))
         # (D, L): the FFT's layout, no transpose copy; with padded_to, written into the front of
         # the zero-padded buffer the FFT reads.
         seqlen = z.shape[0]
-        out = torch.empty(w_out.shape[0], padded_to or seqlen, dtype=s.dtype, device=s.device)
+        out = _empty((w_out.shape[0], padded_to or seqlen), s.dtype, s.device)
         out[:, seqlen:].zero_()
         k = torch.mm(w_out, s.mT, out=out[:, :seqlen])
         if decay is not None:
@@ -754,15 +767,19 @@ class _ImplicitFilterFn(torch.autograd.Function):
         grad_w_out = None
         grad_linear: list[Tensor | None] = [None] * (2 * layers)
         grad_freq = torch.zeros_like(f_row)
-        g = grad_k * decay if ctx.has_decay else grad_k  # (D, L)
+        g = grad_k  # (D, L)
+        if ctx.has_decay:
+            g = torch.mul(grad_k, decay, out=_empty(grad_k.shape, grad_k.dtype, grad_k.device))
         if need_w_out:
             grad_w_out = torch.mm(g, s)
         # Two (L, F) buffers for the whole chain: grad_s (overwritten by each layer's input
         # gradient once read) and grad_p (each layer's cosine), not two fresh ones per layer.
-        grad_s, grad_p = torch.mm(g.mT, w_out), None  # (L, F)
+        grad_s = torch.mm(g.mT, w_out, out=_empty((g.shape[1], w_out.shape[1]), g.dtype, g.device))  # (L, F)
+        del g
+        grad_p = None
         for i in reversed(range(layers)):
             (w, b), (s_in, p, w_f) = linear[2 * i:2 * i + 2], saved[3 * i:3 * i + 3]
-            grad_p = torch.cos(p) if grad_p is None else torch.cos(p, out=grad_p)
+            grad_p = torch.cos(p, out=_empty(p.shape, p.dtype, p.device) if grad_p is None else grad_p)
             grad_p.mul_(grad_s)  # (L, F)
             p_mat, p_sum = torch.mm(grad_p.mT, s_in), grad_p.sum(0)  # (F, in), (F,)
             if need_linear[2 * i]:
@@ -921,14 +938,15 @@ class _ProjectionFn(torch.autograd.Function):
                 b = None if b is None else b.unsqueeze(-1)
             else:  # x^T (L, D_in) @ W^T (D_in, D_out) + b
                 left, right = xc.mT, w.mT.expand(x.shape[0], -1, -1)
+            out = _empty((x.shape[0], left.shape[1], right.shape[2]), dtype, x.device)
             if b is None:
-                out = torch.bmm(left, right)
+                torch.bmm(left, right, out=out)
             elif dtype in (torch.float32, torch.float64):
                 # GEMM, then the bias added in place: faster on CPU than baddbmm, which first
-                # fills the fresh output with the broadcast bias.
-                out = torch.bmm(left, right).add_(b)
+                # fills the output with the broadcast bias.
+                torch.bmm(left, right, out=out).add_(b)
             else:  # half precision: one rounding of GEMM + bias, as nn.Linear
-                out = torch.baddbmm(b, left, right)
+                torch.baddbmm(b, left, right, out=out)
         ctx.save_for_backward(xc, w)
         ctx.to_channels = to_channels
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -943,15 +961,17 @@ class _ProjectionFn(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         with _autocast_off(xc.device.type):
             if ctx.to_channels:  # grad (B, D_out, L)
-                if ctx.needs_input_grad[0]:
-                    grad_x = torch.bmm(grad.mT, w.expand(batch, -1, -1)).to(x_dtype)  # (B, L, D_in)
+                if ctx.needs_input_grad[0]:  # (B, L, D_in)
+                    grad_x = torch.bmm(grad.mT, w.expand(batch, -1, -1),
+                                       out=_empty((batch, grad.shape[2], w.shape[1]), grad.dtype, grad.device)).to(x_dtype)
                 if ctx.needs_input_grad[1]:
                     grad_w = torch.bmm(grad, xc).sum(0, dtype=acc).to(w_dtype)  # sum_b grad @ x
                 if ctx.needs_input_grad[2]:
                     grad_b = grad.sum((0, 2), dtype=acc).to(b_dtype)
             else:  # grad (B, L, D_out)
-                if ctx.needs_input_grad[0]:
-                    grad_x = torch.bmm(w.mT.expand(batch, -1, -1), grad.mT).to(x_dtype)  # (B, D_in, L)
+                if ctx.needs_input_grad[0]:  # (B, D_in, L)
+                    grad_x = torch.bmm(w.mT.expand(batch, -1, -1), grad.mT,
+                                       out=_empty((batch, w.shape[1], grad.shape[1]), grad.dtype, grad.device)).to(x_dtype)
                 if ctx.needs_input_grad[1]:
                     grad_w = torch.bmm(grad.mT, xc.mT).sum(0, dtype=acc).to(w_dtype)  # sum_b grad^T @ x^T
                 if ctx.needs_input_grad[2]:

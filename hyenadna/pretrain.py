@@ -30,11 +30,12 @@ from hyenadna.genome import Genome
 from hyenadna.lm import CausalLMModule, check_same_architecture
 from hyenadna.model import Block, HyenaConfig, count_parameters
 from hyenadna.pretrain_data import PretrainDataModule
-from hyenadna.runtime import check_switch, huge_pages_state, keep_freed_memory
+from hyenadna.runtime import buffers, check_switch, huge_pages_state, keep_freed_memory
 
 TOP_LEVEL_KEYS = frozenset({"model", "data", "trainer", "logger", "optimizer", "scheduler", "callbacks",
                             "baseline", "seed", "output_dir", "ckpt_path", "experiment_name", "torch_threads",
-                            "global_batch_size", "compile", "cpu_huge_pages", "cpu_keep_freed_memory"})
+                            "global_batch_size", "compile", "cpu_huge_pages", "cpu_keep_freed_memory",
+                            "cpu_reuse_buffers"})
 ALLOWED_TARGET_PREFIXES = ("hyenadna.", "torch.optim.", "lightning.pytorch.")
 
 
@@ -190,6 +191,7 @@ def start_run(cfg: DictConfig, known_keys: frozenset[str]) -> Path:
     check_compile_flag(cfg.get("compile", False))
     huge = check_switch("cpu_huge_pages", cfg.get("cpu_huge_pages", True))
     keep = check_switch("cpu_keep_freed_memory", cfg.get("cpu_keep_freed_memory", False))
+    reuse = check_switch("cpu_reuse_buffers", cfg.get("cpu_reuse_buffers", True))
     out = check_output_dir(cfg.output_dir)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
@@ -197,6 +199,8 @@ def start_run(cfg: DictConfig, known_keys: frozenset[str]) -> Path:
         warnings.warn(f"cpu_huge_pages=true has no effect: {state[1]}", RuntimeWarning, stacklevel=2)
     if keep and (why := keep_freed_memory()):
         warnings.warn(f"cpu_keep_freed_memory=true has no effect: {why}", RuntimeWarning, stacklevel=2)
+    buffers.release()  # a previous run's buffers, in this process
+    buffers.enabled = reuse and buffers.available
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     return out
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import hyenadna.model as model_module
+from hyenadna.runtime import BufferPool
 from hyenadna.model import (
     HyenaConfig,
     HyenaDNAForCausalLM,
@@ -496,3 +497,62 @@ def test_gated_fftconv_takes_a_zero_padded_filter(seqlen: int) -> None:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="neither the input length"):
         _GatedFFTConvFn.apply(x, F.pad(k, (0, 1)) if n > seqlen + 1 else k[:, :0], bias)
+
+
+class PoisonedPool(BufferPool):
+    """Every buffer it hands out is NaN first: whatever reads one before writing it shows."""
+
+    def empty(self, shape, dtype, device):  # type: ignore[no-untyped-def]
+        t = super().empty(shape, dtype, device)
+        return t.fill_(float("nan")) if t.is_floating_point() or t.is_complex() else t
+
+
+def test_reused_buffers_give_the_same_training_steps(monkeypatch) -> None:
+    """Every Function buffer drawn from the pool (min_bytes 0) and NaN-filled: three steps of a
+    small LM equal those on fresh buffers bit for bit, and the pool stops growing after the first."""
+    torch.manual_seed(0)
+    model = HyenaDNAForCausalLM(HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=70))
+    ids = [torch.randint(7, 11, (2, 64)) for _ in range(3)]
+
+    def steps() -> list[list[torch.Tensor]]:
+        torch.manual_seed(1)  # the same dropout masks
+        out = []
+        for x in ids:
+            model.zero_grad(set_to_none=True)
+            loss = model(x[:, :-1], targets=x[:, 1:]).loss
+            loss.backward()
+            out.append([loss.detach(), *(p.grad.clone() for p in model.parameters())])
+            held.append(model_module.buffers.held_bytes())
+        return out
+
+    held: list[int] = []
+    plain = BufferPool()
+    plain.enabled = False
+    monkeypatch.setattr(model_module, "buffers", plain)
+    want = steps()
+    monkeypatch.setattr(model_module, "buffers", PoisonedPool(min_bytes=0))
+    held.clear()
+    got = steps()
+    for g_step, w_step in zip(got, want):
+        for g, w in zip(g_step, w_step):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert held[0] > 0 and held[0] == held[1] == held[2]
+
+
+def test_reused_buffers_survive_retain_graph_and_in_place_outputs(monkeypatch) -> None:
+    """A graph kept for a second backward keeps its saved buffers out of other steps' reach; an
+    operator output (a pooled buffer) may be modified in place."""
+    monkeypatch.setattr(model_module, "buffers", PoisonedPool(min_bytes=0))
+    torch.manual_seed(1)
+    op = make_operator()
+    u = torch.randn(2, 40, 16, requires_grad=True)
+    g = torch.randn(2, 40, 16)
+    (once,) = torch.autograd.grad(op(u), u, g)
+    y = op(u)
+    y.backward(g, retain_graph=True)
+    other = torch.randn(2, 40, 16, requires_grad=True)
+    op(other).backward(g)  # would take y's saved buffers if they counted as free
+    y.backward(g)
+    torch.testing.assert_close(u.grad, 2 * once, rtol=1e-6, atol=1e-6)
+    (twice,) = torch.autograd.grad(op(u).mul_(2), u, g)
+    torch.testing.assert_close(twice, 2 * once, rtol=1e-6, atol=1e-6)

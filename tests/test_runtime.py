@@ -126,12 +126,72 @@ def test_config_switches_have_their_defaults_and_are_checked(config_name: str, t
     from hyenadna.finetune import REPO_ROOT
     from hyenadna.pretrain import TOP_LEVEL_KEYS, start_run
 
+    from hyenadna.runtime import buffers
+
+    switches = ("cpu_keep_freed_memory", "cpu_huge_pages", "cpu_reuse_buffers")
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         assert compose(config_name).cpu_keep_freed_memory is False
         assert compose(config_name).cpu_huge_pages is True
-        bad = [compose(config_name, overrides=[f"output_dir={tmp_path}", f"{key}=yes"])
-               for key in ("cpu_keep_freed_memory", "cpu_huge_pages")]
-    for key, cfg in zip(("cpu_keep_freed_memory", "cpu_huge_pages"), bad):
+        assert compose(config_name).cpu_reuse_buffers is True
+        bad = [compose(config_name, overrides=[f"output_dir={tmp_path}", f"{key}=yes"]) for key in switches]
+        off = compose(config_name, overrides=[f"output_dir={tmp_path}", "cpu_reuse_buffers=false"])
+        on = compose(config_name, overrides=[f"output_dir={tmp_path}"])
+    for key, cfg in zip(switches, bad):
         with pytest.raises(ValueError, match=f"{key} must be true or false, got 'yes'"):
             start_run(cfg, frozenset(cfg))
-    assert {"cpu_keep_freed_memory", "cpu_huge_pages"} <= TOP_LEVEL_KEYS
+    assert set(switches) <= TOP_LEVEL_KEYS
+    try:
+        start_run(off, frozenset(off))
+        assert buffers.enabled is False
+    finally:
+        start_run(on, frozenset(on))
+    assert buffers.enabled is buffers.available
+
+
+def test_buffer_pool_reuses_a_storage_only_once_nothing_references_it() -> None:
+    import torch
+
+    from hyenadna.runtime import BufferPool
+
+    pool = BufferPool(min_bytes=1024)
+    a = pool.empty((64, 64), torch.float32, "cpu")  # 16 KB
+    first = a.data_ptr()
+    assert a.shape == (64, 64) and a.is_contiguous() and not a._is_view()  # in-place ops act as on a fresh tensor
+    b = pool.empty((64, 64), torch.float32, "cpu")
+    assert b.data_ptr() != first  # a is alive
+    view = a[:, :3]
+    del a
+    c = pool.empty((64, 64), torch.float32, "cpu")
+    assert c.data_ptr() not in (first, b.data_ptr())  # a view still holds a's storage
+    ptrs = {first, b.data_ptr(), c.data_ptr()}
+    del view, b, c
+    d = pool.empty((64, 32), torch.complex64, "cpu")  # same byte size, other dtype and shape
+    assert d.data_ptr() in ptrs and d.dtype == torch.complex64
+    assert pool.held_bytes() == 3 * 16384
+    pool.empty((8,), torch.float32, "cpu")  # below min_bytes
+    with torch.inference_mode():
+        assert pool.empty((64, 64), torch.float32, "cpu").is_inference()  # never pooled
+    assert pool.empty((64, 64), torch.float32, "meta").is_meta  # other devices: never pooled
+    assert pool.held_bytes() == 3 * 16384
+    assert pool.release() == 2 * 16384  # d's storage is in use
+    assert pool.held_bytes() == 16384
+    del d
+    assert pool.release() == 16384 and pool.held_bytes() == 0
+
+
+def test_buffer_pool_releases_idle_storages_of_a_size_no_longer_asked_for() -> None:
+    import torch
+
+    from hyenadna.runtime import BufferPool
+
+    pool = BufferPool(min_bytes=1024, stale_after=4)
+    kept = pool.empty((16, 64), torch.float32, "cpu")  # 4 KB, in use throughout: never dropped
+    pool.empty((64, 64), torch.float32, "cpu")  # 16 KB, idle from now on: the shape is gone
+    for _ in range(8):  # the 8 KB shape, one storage reused
+        pool.empty((32, 64), torch.float32, "cpu")
+    assert pool.held_bytes() == 4096 + 8192
+    assert kept.data_ptr() != 0
+    disabled = BufferPool(min_bytes=1024)
+    disabled.enabled = False
+    disabled.empty((64, 64), torch.float32, "cpu")
+    assert disabled.held_bytes() == 0
