@@ -41,6 +41,22 @@ def resolve_path(path: str) -> str:
     return path
 
 
+# Settings of the finetuning run that its quick pretraining keeps: process-wide ones (start_run
+# applies them again from the pretraining config) and whether to draw a progress bar.
+INHERITED_KEYS = ("torch_threads", "cpu_huge_pages", "cpu_keep_freed_memory", "cpu_reuse_buffers",
+                  "trainer.enable_progress_bar")
+
+
+def inherited_overrides(cfg: DictConfig) -> list[str]:
+    """`INHERITED_KEYS` of a finetuning config as train.yaml overrides (the ones it sets)."""
+    out = []
+    for key in INHERITED_KEYS:
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if value != "<absent>":
+            out.append(f"++{key}={'null' if value is None else str(value).lower() if isinstance(value, bool) else value}")
+    return out
+
+
 def quick_pretrain(overrides: list[str], out: Path) -> str:
     """Run `hyenadna.pretrain.fit` on `configs/train.yaml` with `overrides`; return its last checkpoint."""
     from hyenadna.pretrain import fit as pretrain_fit
@@ -68,7 +84,7 @@ def load_language_model(cfg: DictConfig, out: Path) -> tuple[HyenaDNAForCausalLM
             raise ValueError(f"config `model` must build a HyenaConfig, got {type(config).__name__}")
         return HyenaDNAForCausalLM(config), "scratch (random init)"
     if source is None:
-        source = quick_pretrain(list(cfg.pretrain_overrides or []), out / "pretrain")
+        source = quick_pretrain([*inherited_overrides(cfg), *(cfg.pretrain_overrides or [])], out / "pretrain")
     path = resolve_path(str(source))
     if not Path(path).exists():
         raise FileNotFoundError(f"pretrained={source}: no such checkpoint file or folder")

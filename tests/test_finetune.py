@@ -156,3 +156,30 @@ def test_bad_setups_fail_before_training(tmp_path: Path, smoke_checkpoint: str, 
         fit(finetune_cfg(*base, f"pretrained={tmp_path / 'missing.ckpt'}"))
     with pytest.raises(ValueError, match="unknown top-level config key"):
         fit(finetune_cfg(*base, "+lr=3"))
+
+
+@pytest.mark.parametrize("own_bar", [None, "true"])
+def test_quick_pretraining_keeps_the_finetuning_runs_settings(tmp_path: Path, monkeypatch, own_bar: str | None) -> None:
+    """Without pretrained=, the quick pretraining composes train.yaml with the finetuning run's
+    process-wide switches and progress-bar choice (start_run applies them again), unless
+    pretrain_overrides says otherwise."""
+    import hyenadna.pretrain
+    from hyenadna.finetune import load_language_model
+
+    seen: dict[str, DictConfig] = {}
+
+    def no_training(cfg: DictConfig) -> dict[str, str]:
+        seen["cfg"] = cfg
+        return {"last_checkpoint": ""}
+
+    monkeypatch.setattr(hyenadna.pretrain, "fit", no_training)
+    own = [] if own_bar is None else [f"++trainer.enable_progress_bar={own_bar}"]
+    cfg = finetune_cfg("pretrained=null", "cpu_reuse_buffers=false", "trainer.enable_progress_bar=false",
+                       "torch_threads=1", f"pretrain_overrides=[{','.join(repr(o) for o in ['logger=none', *own])}]")
+    with pytest.raises(RuntimeError, match="wrote no checkpoint"):
+        load_language_model(cfg, tmp_path)
+    pre = seen["cfg"]
+    assert pre.cpu_reuse_buffers is False and pre.torch_threads == 1
+    assert pre.cpu_huge_pages is True and pre.cpu_keep_freed_memory is False
+    assert pre.trainer.enable_progress_bar is (own_bar == "true")
+    assert pre.output_dir == str(tmp_path / "pretrain")
