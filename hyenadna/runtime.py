@@ -1,5 +1,6 @@
-"""Process-level CPU memory settings: transparent huge pages for tensors, and (opt-in) freed
-memory kept for reuse by glibc malloc.
+"""CPU memory settings: transparent huge pages for tensors, the pool that keeps the model's large
+buffers across steps (`BufferPool`, at the end), and (opt-in) freed memory kept for reuse by glibc
+malloc for the whole process.
 
 Huge pages (`use_huge_pages`, on by default as `cpu_huge_pages` in the train/finetune configs):
 PyTorch's CPU allocator asks the kernel for 2 MB transparent huge pages for every tensor of 2 MB
@@ -28,13 +29,18 @@ more CPU time in the kernel than in PyTorch (`benchmarks/README.md`). `keep_free
 glibc to serve every request from its heap and never return freed memory to the kernel, so the
 next step reuses pages that are already mapped. The price is a higher peak resident size (freed
 blocks stay in the process, and the heap fragments), so it is opt-in (`cpu_keep_freed_memory`
-in the train/finetune configs, `--keep-freed-memory` in the benchmarks). Measured on the 2-core,
+in the train/finetune configs, `--keep-freed-memory` in the benchmarks). Since the model's own
+large buffers are reused (`BufferPool`), it gains nothing measurable for the operator alone, but a
+whole model allocates outside the pool too (MLP, norms, LM head): a tiny-LM training step at 256k
+took 18.1 s with it and 26.3 s without, peak RSS 12.0 against 9.8 GB (`bench_page_faults.py
+--model`, a slow hour of the VM). Measured on the 2-core,
 24 GB VM before huge pages (benchmarks/README.md): operator fwd+bwd at 256k tokens 5.24 s ->
 2.95 s, peak RSS 4.6 -> 6.4 GB; at 1M tokens the fragmented heap grew past 24 GB and the process
 was killed, where the default allocator peaks near 17 GB. With huge pages on and fewer
 allocations per step (2026-12-02, `benchmarks/bench_page_faults.py --length L --keep-freed-memory`):
 256k 2.6 s instead of 3.6 s (peak 5.4 instead of 4.4 GB), 1M 11.6 s instead of 14.6 s (peak 19.7
-instead of 16.6 GB, within the 24 GB VM).
+instead of 16.6 GB, within the 24 GB VM). With the buffer pool on (a11ef34): 1M 11.5 s with it,
+11.6 s without, peak 20.3 against 18.7 GB.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 def check_switch(name: str, value: object) -> bool:
-    """A true/false config switch (`compile`, `cpu_keep_freed_memory`); anything else is an error."""
+    """A true/false config switch (`compile`, `cpu_reuse_buffers`, ...); anything else is an error."""
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be true or false, got {value!r}")
     return value
@@ -149,7 +155,7 @@ class BufferPool:
     PyTorch's CPU allocator has no cache, and glibc maps every block above its mmap threshold
     (32 MB at most) fresh and unmaps it when freed, so at long L each step faults in and zeroes
     every large activation again: at L = 1M (D = 128) 41 (D, L)-sized tensors per operator step,
-    with 12.6 of 28.4 CPU seconds spent in the kernel (`benchmarks/bench_page_faults.py
+    with 11.6 of 26.4 CPU seconds spent in the kernel (`benchmarks/bench_page_faults.py
     --no-buffer-reuse`). `keep_freed_memory` cures that for the whole process, at the price of a
     heap that keeps its peak and fragments. This pool keeps only the model's own large buffers,
     each on a storage of one exact byte size:
@@ -168,7 +174,7 @@ class BufferPool:
       must not reach a training step) and while torch.compile traces are plain `torch.empty`.
 
     Idle storages stay resident between steps (validation runs beside them): at 1M tokens the
-    operator step's peak RSS was 18.7 GB instead of 17.6 GB, the step 11.4 s instead of 14.8 s.
+    operator step's peak RSS was 18.7 GB instead of 16.6 GB, the step 11.6 s instead of 13.8 s.
     `enabled = False` (`cpu_reuse_buffers: false`) turns it off.
     """
 
