@@ -196,9 +196,11 @@ class BufferPool:
         storage when it is large, on CPU, outside inference mode and the pool is enabled."""
         import torch
 
+        # Tracing first: under torch.compile the size test would put a guard on symbolic shapes.
+        if torch.compiler.is_compiling() or not self.enabled:
+            return torch.empty(shape, dtype=dtype, device=device)
         nbytes = math.prod(shape) * dtype.itemsize
-        if (nbytes < self.min_bytes or not self.enabled or torch.device(device).type != "cpu"
-                or torch.is_inference_mode_enabled() or torch.compiler.is_compiling()):
+        if nbytes < self.min_bytes or torch.device(device).type != "cpu" or torch.is_inference_mode_enabled():
             return torch.empty(shape, dtype=dtype, device=device)
         with self._lock:
             self._requests += 1
