@@ -88,7 +88,7 @@ def apply_memory_flags(args: argparse.Namespace) -> str:
         raise SystemExit(f"huge pages requested but off: {why} (--no-huge-pages to run without)")
     if args.keep_freed_memory and (why := keep_freed_memory()):
         raise SystemExit(f"--keep-freed-memory: {why}")
-    buffers.enabled = buffers.available and not args.no_buffer_reuse
+    buffers.enable(not args.no_buffer_reuse)
     return (f"huge pages {'on' if on else 'off'}; "
             f"freed memory {'kept for reuse' if args.keep_freed_memory else 'returned (default)'}; "
             f"model buffers {'reused' if buffers.enabled else 'fresh each step'}")

@@ -200,7 +200,7 @@ def start_run(cfg: DictConfig, known_keys: frozenset[str]) -> Path:
     if keep and (why := keep_freed_memory()):
         warnings.warn(f"cpu_keep_freed_memory=true has no effect: {why}", RuntimeWarning, stacklevel=2)
     buffers.release()  # a previous run's buffers, in this process
-    buffers.enabled = reuse and buffers.available
+    buffers.enable(reuse)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     return out
 

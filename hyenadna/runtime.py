@@ -175,7 +175,7 @@ class BufferPool:
 
     Idle storages stay resident between steps (validation runs beside them): at 1M tokens the
     operator step's peak RSS was 18.7 GB instead of 16.6 GB, the step 11.6 s instead of 13.8 s.
-    `enabled = False` (`cpu_reuse_buffers: false`) turns it off.
+    `enable(False)` (`cpu_reuse_buffers: false`) turns it off.
     """
 
     def __init__(self, min_bytes: int = _MMAP_THRESHOLD_MAX, stale_after: int = 256) -> None:
@@ -202,19 +202,21 @@ class BufferPool:
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < self.min_bytes or torch.device(device).type != "cpu" or torch.is_inference_mode_enabled():
             return torch.empty(shape, dtype=dtype, device=device)
-        with self._lock:
+        with self._lock:  # held until set_ takes its reference: no other thread sees the storage idle
             self._requests += 1
             if self._requests % self.stale_after == 0:
                 self._drop_stale()
-            kept = self._storages.setdefault(nbytes, [])
-            for entry in kept:
-                if self._idle(entry):
-                    entry[1] = self._requests
-                    return torch.empty(0, dtype=dtype).set_(entry[0], 0, shape)
-            self._drop_stale()  # before growing
-            storage = torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
-            self._storages.setdefault(nbytes, []).append([storage, self._requests])
-            return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+            entry = next((e for e in self._storages.get(nbytes, ()) if self._idle(e)), None)
+            if entry is None:
+                self._drop_stale()  # before growing
+                entry = [torch.empty(nbytes, dtype=torch.uint8).untyped_storage(), 0]
+                self._storages.setdefault(nbytes, []).append(entry)
+            entry[1] = self._requests
+            return torch.empty(0, dtype=dtype).set_(entry[0], 0, shape)
+
+    def enable(self, on: bool) -> None:
+        """Reuse buffers from now on (where this torch can tell a storage's use count) or not."""
+        self.enabled = on and self.available
 
     def _idle(self, entry: list[Any]) -> bool:
         return self._use_count(entry[0]._cdata) == 1  # only the pool's own reference
