@@ -112,15 +112,18 @@ class CausalLMModule(pl.LightningModule):
         self.log("train/seq_len", float(batch["input_ids"].shape[1]), on_step=True)
         return loss
 
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Seed dropout from (seed, epoch, batch, rank), so every step draws the same masks in a
+        resumed run as in an uninterrupted one, wherever it was stopped."""
+        # The global RNG is also drawn by data-loader start-up, a different number of times in a
+        # resumed run; reseeding per batch makes the masks independent of that history. The
+        # windows themselves are pure functions of (seed, epoch, index) (hyenadna.pretrain_data).
+        step_seed = np.random.SeedSequence([self.seed, self.current_epoch, batch_idx, self.global_rank])
+        torch.manual_seed(int(step_seed.generate_state(1, dtype=np.uint64)[0]))
+
     def on_train_epoch_start(self) -> None:
-        """Reseed dropout from (seed, epoch, rank); restart the tokens/s clock."""
-        # Data loaders draw from the global RNG when they start, a different number of times in
-        # a resumed run; reseeding here makes a resume at an epoch boundary bit-exact anyway.
-        epoch_seed = int(np.random.SeedSequence([self.seed, self.current_epoch, self.global_rank]).generate_state(1)[0])
-        torch.manual_seed(epoch_seed)
-        np.random.seed(epoch_seed)
-        random.seed(epoch_seed)
-        # The loader is rebuilt between epochs (sequence-length warmup); that pause is not a step.
+        """Restart the tokens/s clock: the loader is rebuilt between epochs (sequence-length
+        warmup), and that pause is not a step."""
         self._last_step_time = None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
