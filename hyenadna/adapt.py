@@ -179,6 +179,11 @@ class FinetuneModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Loss on one batch."""
         _, loss = self.scores_and_loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at optimizer step {self.global_step} (epoch "
+                f"{self.current_epoch}, batch {batch_idx}); stopping. Lower method.lr, keep gradient clipping "
+                f"on, or use bf16 instead of fp16 mixed precision.")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
         return loss
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -254,11 +255,24 @@ def _class_order(names: set[str]) -> list[str]:
         return sorted(names)
 
 
+# Spellings of a missing value (pandas writes NaN as "nan", R as "NA"): never a class or a target.
+MISSING_LABELS = frozenset({"nan", "na", "n/a", "<na>", "null", "none"})
+
+
+def _check_not_missing(value: str, where: str) -> None:
+    if value.strip().lower() in MISSING_LABELS:
+        raise ValueError(f"{where}: label {value!r} reads as a missing value; give the record a label or drop it")
+
+
 def _to_float(value: str, where: str, what: str) -> float:
+    _check_not_missing(value, where)
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ValueError(f"{where}: {what} label {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: {what} label {value!r} is not a finite number")
+    return number
 
 
 def build_task(raw: dict[str, list[Record]], problem_type: ProblemType, label_columns: list[str],
@@ -279,6 +293,9 @@ def build_task(raw: dict[str, list[Record]], problem_type: ProblemType, label_co
         if n_cols != 1:
             raise ValueError(f"single_label tasks take one label column, got {label_columns}; "
                              "use problem_type=multi_label or regression for several")
+        for records in raw.values():
+            for _, (label,), where in records:
+                _check_not_missing(label, where)
         label_names = _class_order({r[1][0] for r in raw["train"]})
         if len(label_names) < 2:
             raise ValueError(f"the train split has a single class {label_names}; a classifier needs at least two")
