@@ -13,8 +13,9 @@ def main(cfg: DictConfig) -> None:
     # setting at its first allocation (hyenadna/runtime.py).
     use_huge_pages(check_switch("cpu_huge_pages", cfg.get("cpu_huge_pages", True)))
     from hyenadna.finetune import fit
+    from hyenadna.run import run_and_report
 
-    fit(cfg)
+    run_and_report(fit, cfg, "finetune.py")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ metric and early stopping, evaluate that checkpoint on test, and write ``results
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,19 @@ from omegaconf import DictConfig, OmegaConf
 from hyenadna.adapt import FinetuneModule, default_monitor, label_token_ids
 from hyenadna.checkpoint import load_pretrained
 from hyenadna.compile import compile_model
+from hyenadna.files import write_text_atomic
 from hyenadna.icl import check_prompt_length, evaluate_icl
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
-from hyenadna.pretrain import _build, build_loggers, start_run
+from hyenadna.run import (
+    build,
+    build_loggers,
+    check_checkpoint_dirs,
+    check_optimizer,
+    finite_or_none,
+    save_config,
+    start_run,
+    use_atomic_checkpoints,
+)
 from hyenadna.tasks import TaskDataModule
 from hyenadna.tokenizer import CharTokenizer
 
@@ -79,7 +90,7 @@ def load_language_model(cfg: DictConfig, out: Path) -> tuple[HyenaDNAForCausalLM
     """The language model to adapt, and a description of where it came from."""
     source = cfg.pretrained
     if source == "scratch":
-        config = _build(cfg.model, "model")
+        config = build(cfg.model, "model")
         if not isinstance(config, HyenaConfig):
             raise ValueError(f"config `model` must build a HyenaConfig, got {type(config).__name__}")
         return HyenaDNAForCausalLM(config), "scratch (random init)"
@@ -113,7 +124,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     for key in ("data", "label_table", "reference"):
         if task_cfg.get(key):
             task_cfg[key] = resolve_path(str(task_cfg[key]))
-    dm = _build(OmegaConf.create(task_cfg), "task")
+    dm = build(OmegaConf.create(task_cfg), "task")
     if not isinstance(dm, TaskDataModule):
         raise ValueError(f"config `task` must build a TaskDataModule, got {type(dm).__name__}")
     task = dm.load()
@@ -141,8 +152,9 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
             check_prompt_length(lm.config.l_max, int(k), task.num_labels, icl_length)
     dm.setup("fit")
 
-    optimizer = _build(cfg.optimizer, "optimizer")
-    scheduler = _build(cfg.scheduler, "scheduler") if cfg.scheduler is not None else None
+    optimizer = build(cfg.optimizer, "optimizer")
+    check_optimizer(optimizer)
+    scheduler = build(cfg.scheduler, "scheduler") if cfg.scheduler is not None else None
     module = FinetuneModule(lm, task.num_labels, task.problem_type, method=m.name, readout=m.readout,
                             pooling=m.pooling, n_soft_tokens=n_prompt, prompt_dropout=float(m.prompt_dropout),
                             label_tokens=list(m.label_tokens) if m.label_tokens else None,
@@ -156,10 +168,12 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if cfg.early_stopping_patience:
         callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                     patience=int(cfg.early_stopping_patience)))
+    check_checkpoint_dirs(callbacks)
     loggers = build_loggers(cfg, out)
-    trainer = _build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
+    use_atomic_checkpoints(trainer)
     if trainer.is_global_zero:
-        OmegaConf.save(cfg, out / "config.yaml", resolve=False)
+        save_config(cfg, out, resolve=False)
         print(f"task {dm.data} ({task.problem_type}, {task.num_labels} labels: {', '.join(task.label_names[:10])})")
         print(dm.summary())
         print(f"model: {source}; d_model={lm.config.d_model} n_layer={lm.config.n_layer} l_max={lm.config.l_max}; "
@@ -173,6 +187,11 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     best = ckpt_cb.best_model_path or None
     valid = trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)[0]
     test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)[0]
+    for split, metrics in (("valid", valid), ("test", test)):
+        loss = next((float(v) for k, v in metrics.items() if k.endswith("/loss")), 0.0)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the {split} loss of the best checkpoint is {loss}: the model diverged "
+                                     f"(lower method.lr) or the {split} data holds values it cannot score")
     strip = lambda d, p: {k[len(p):]: float(v) for k, v in d.items() if k.startswith(p)}  # noqa: E731
     result: dict[str, Any] = {
         "test": strip(test, "test/"), "valid": strip(valid, "val/"), "method": m.name, "readout": m.readout,
@@ -187,8 +206,11 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
                                       icl_length, label_tokens=list(m.label_tokens) if m.label_tokens else None,
                                       seed=int(cfg.seed), limit=200)
                          for k in cfg.icl_shots]
+    undefined = [f"{split}/{k}" for split in ("valid", "test") for k, v in result[split].items() if not math.isfinite(v)]
+    if undefined and trainer.is_global_zero:
+        print(f"note: {', '.join(undefined)} undefined on this data (e.g. one class only); written as null")
     if trainer.is_global_zero:
-        (out / "results.json").write_text(json.dumps(result, indent=2))
+        write_text_atomic(out / "results.json", json.dumps(finite_or_none(result), indent=2, allow_nan=False) + "\n")
         print(f"\n{m.name} ({m.readout} read-out) on {dm.data}, best checkpoint by {monitor}:")
         print(format_table({"valid": result["valid"], "test": result["test"]}))
         print(f"results: {out / 'results.json'}")

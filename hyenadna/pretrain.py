@@ -10,56 +10,38 @@ very same validation windows.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hyenadna.baselines import MarkovBaseline
-from hyenadna.compile import check_compile_flag, compile_model
+from hyenadna.compile import compile_model
 from hyenadna.genome import Genome
 from hyenadna.lm import CausalLMModule, check_same_architecture
 from hyenadna.model import Block, HyenaConfig, count_parameters
 from hyenadna.pretrain_data import PretrainDataModule
-from hyenadna.runtime import buffers, check_switch, huge_pages_state, keep_freed_memory
+from hyenadna.run import (
+    RunCheckpoint,
+    RunInterrupted,
+    build,
+    build_loggers,
+    check_checkpoint_dirs,
+    check_optimizer,
+    prepare_resumed_metrics,
+    save_config,
+    start_run,
+    use_atomic_checkpoints,
+)
 
 TOP_LEVEL_KEYS = frozenset({"model", "data", "trainer", "logger", "optimizer", "scheduler", "callbacks",
                             "baseline", "seed", "output_dir", "ckpt_path", "experiment_name", "torch_threads",
                             "global_batch_size", "compile", "cpu_huge_pages", "cpu_keep_freed_memory",
                             "cpu_reuse_buffers"})
-ALLOWED_TARGET_PREFIXES = ("hyenadna.", "torch.optim.", "lightning.pytorch.")
-
-
-def check_targets(node: Any, where: str = "") -> None:
-    """Every `_target_` must point into hyenadna, torch.optim or lightning.pytorch (Hydra would run anything)."""
-    if isinstance(node, DictConfig):
-        target = node.get("_target_") if "_target_" in node else None
-        if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
-            raise ValueError(f"config {where or '<root>'}: _target_ {target!r} is outside "
-                             f"{', '.join(p.rstrip('.') for p in ALLOWED_TARGET_PREFIXES)}")
-        for key in node:
-            check_targets(node._get_node(key), f"{where}.{key}" if where else str(key))
-    elif OmegaConf.is_list(node):
-        for i, item in enumerate(node):
-            check_targets(node._get_node(i), f"{where}[{i}]")
-
-
-def _build(node: DictConfig, group: str, **kwargs: Any) -> Any:
-    """instantiate() with the config group named in any error (a typo'd key reads as a TypeError)."""
-    try:
-        return instantiate(node, **kwargs)
-    except Exception as err:  # Hydra wraps the constructor's error; unwrap it for the user
-        cause = err.__cause__ or err
-        raise ValueError(f"config `{group}` is invalid: {cause}") from None
 
 
 def derive_accumulation(global_batch_size: int, batch_size: int, world_size: int, configured: int) -> int:
@@ -72,19 +54,6 @@ def derive_accumulation(global_batch_size: int, batch_size: int, world_size: int
         raise ValueError(f"global_batch_size={global_batch_size} is not a multiple of data.batch_size={batch_size} "
                          f"x {world_size} device(s)")
     return global_batch_size // per_step
-
-
-def check_output_dir(path: str | os.PathLike[str]) -> Path:
-    """Create the output folder and prove it is writable, or raise PermissionError naming it."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test_{uuid.uuid4().hex}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"output folder {out} is not writable: {err.strerror or err}") from None
-    return out
 
 
 def check_checkpoint(ckpt_path: str, config: HyenaConfig) -> None:
@@ -104,33 +73,6 @@ def check_checkpoint(ckpt_path: str, config: HyenaConfig) -> None:
 def fsdp_strategy(**kwargs: Any) -> pl.strategies.FSDPStrategy:
     """Lightning FSDP wrapping each Hyena block as one shard unit (a class set cannot be written in YAML)."""
     return pl.strategies.FSDPStrategy(auto_wrap_policy={Block}, **kwargs)
-
-
-def wandb_must_be_offline(timeout_s: float = 2.0) -> str | None:
-    """Why wandb has to run offline (no API key, or api.wandb.ai unreachable), or None."""
-    if not os.environ.get("WANDB_API_KEY"):
-        return "WANDB_API_KEY is not set"
-    try:
-        socket.create_connection(("api.wandb.ai", 443), timeout=timeout_s).close()
-    except OSError:
-        return "api.wandb.ai is unreachable"
-    return None
-
-
-def build_loggers(cfg: DictConfig, out: Path) -> list[pl.loggers.Logger]:
-    """Instantiate `cfg.logger` (a mapping name -> logger); wandb goes offline when it must."""
-    loggers = []
-    for name, node in (cfg.logger or {}).items():
-        if node is None:
-            continue
-        kwargs: dict[str, Any] = {}
-        if str(node.get("_target_", "")).endswith("WandbLogger") and not node.get("offline", False):
-            reason = wandb_must_be_offline()
-            if reason:
-                print(f"wandb: {reason}; logging offline to {out}/wandb (sync later with `wandb sync`)")
-                kwargs["offline"] = True
-        loggers.append(_build(node, f"logger.{name}", **kwargs))
-    return loggers
 
 
 def markov_baselines(dm: PretrainDataModule, orders: list[int]) -> dict[int, float]:
@@ -179,40 +121,14 @@ def plot_losses(metrics_csv: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def start_run(cfg: DictConfig, known_keys: frozenset[str]) -> Path:
-    """Checks shared by train.py and finetune.py before any work: top-level keys, `_target_`s, the
-    true/false switches, a writable output folder; then threads, memory settings (huge pages were
-    requested by the entry point before any tensor existed: here only checked) and seeds. Returns
-    the output folder."""
-    unknown = sorted(set(cfg) - known_keys)
-    if unknown:
-        raise ValueError(f"unknown top-level config key(s) {unknown}; known: {sorted(known_keys)}")
-    check_targets(cfg)
-    check_compile_flag(cfg.get("compile", False))
-    huge = check_switch("cpu_huge_pages", cfg.get("cpu_huge_pages", True))
-    keep = check_switch("cpu_keep_freed_memory", cfg.get("cpu_keep_freed_memory", False))
-    reuse = check_switch("cpu_reuse_buffers", cfg.get("cpu_reuse_buffers", True))
-    out = check_output_dir(cfg.output_dir)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    if huge and not (state := huge_pages_state())[0]:
-        warnings.warn(f"cpu_huge_pages=true has no effect: {state[1]}", RuntimeWarning, stacklevel=2)
-    if keep and (why := keep_freed_memory()):
-        warnings.warn(f"cpu_keep_freed_memory=true has no effect: {why}", RuntimeWarning, stacklevel=2)
-    buffers.release()  # a previous run's buffers, in this process
-    buffers.enable(reuse)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    return out
-
-
 def fit(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain as `cfg` says and return the final metrics (val loss/ppl/acc, Markov baselines, paths)."""
-    out = start_run(cfg, TOP_LEVEL_KEYS)
+    out = start_run(cfg, TOP_LEVEL_KEYS, resume_from=cfg.ckpt_path or None)
 
-    config = _build(cfg.model, "model")
+    config = build(cfg.model, "model")
     if not isinstance(config, HyenaConfig):
         raise ValueError(f"config `model` must build a HyenaConfig, got {type(config).__name__}")
-    dm = _build(cfg.data, "data")
+    dm = build(cfg.data, "data")
     if not isinstance(dm, PretrainDataModule):
         raise ValueError(f"config `data` must build a PretrainDataModule, got {type(dm).__name__}")
     # Pretraining inputs are bare bases (no CLS/SEP), so a window needs max_length <= l_max positions.
@@ -225,24 +141,33 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if cfg.ckpt_path:
         check_checkpoint(str(cfg.ckpt_path), config)
 
-    optimizer = _build(cfg.optimizer, "optimizer")
-    scheduler = _build(cfg.scheduler, "scheduler") if cfg.scheduler is not None else None
+    optimizer = build(cfg.optimizer, "optimizer")
+    check_optimizer(optimizer)
+    scheduler = build(cfg.scheduler, "scheduler") if cfg.scheduler is not None else None
     module = CausalLMModule(config, optimizer=optimizer, scheduler=scheduler, seed=int(cfg.seed))
     if cfg.get("compile", False):
         compile_model(module.model)
-    callbacks = [_build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items() if node is not None]
+    callbacks = [build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items() if node is not None]
+    check_checkpoint_dirs(callbacks)
     loggers = build_loggers(cfg, out)
-    trainer = _build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
+    use_atomic_checkpoints(trainer)
     if cfg.get("global_batch_size"):
         trainer.accumulate_grad_batches = derive_accumulation(int(cfg.global_batch_size), dm.batch_size,
                                                               trainer.world_size, trainer.accumulate_grad_batches)
     if trainer.is_global_zero:
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        if cfg.ckpt_path and (note := prepare_resumed_metrics(out, cfg.ckpt_path)):
+            print(note)
+        save_config(cfg, out, resolve=True)
         print(f"model: {count_parameters(module.model):,} parameters ({config.d_model=}, {config.n_layer=}, "
               f"{config.l_max=}); output folder: {out}")
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path or None, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path or None, weights_only=True)
+    except RunInterrupted as err:
+        raise RunInterrupted(f"{err}; continue it with `python train.py <the same overrides> "
+                             f"ckpt_path={err.checkpoint} output_dir={out}`", err.signum, err.checkpoint) from None
     train_time = time.perf_counter() - start
     if trainer.interrupted:
         raise RuntimeError("training was interrupted")

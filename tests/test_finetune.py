@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hyenadna.finetune import REPO_ROOT, fit
-from hyenadna.pretrain import check_targets
+from hyenadna.run import check_targets
 from hyenadna.pretrain import fit as pretrain_fit
 from hyenadna.tasks import TaskDataModule
 

@@ -124,8 +124,8 @@ def test_config_switches_have_their_defaults_and_are_checked(config_name: str, t
     from hydra import compose, initialize_config_dir
 
     from hyenadna.finetune import REPO_ROOT
-    from hyenadna.pretrain import TOP_LEVEL_KEYS, start_run
-
+    from hyenadna.pretrain import TOP_LEVEL_KEYS
+    from hyenadna.run import start_run
     from hyenadna.runtime import buffers
 
     switches = ("cpu_keep_freed_memory", "cpu_huge_pages", "cpu_reuse_buffers")

@@ -1,0 +1,566 @@
+"""What every training run shares (train.py and finetune.py): config checks, the output folder,
+loggers, and checkpoints that survive a kill.
+
+* `check_targets`: a Hydra ``_target_`` may only name a callable of `ALLOWED_TARGETS`, by its
+  exact dotted name (Hydra would import and call anything a YAML file or a command line names).
+* `prepare_output_dir`: a folder that already holds a run is never overwritten; it can only be
+  resumed in place, from one of its own checkpoints, and then its metrics are appended to.
+* `RunCheckpoint`: ``last.ckpt`` every N optimizer steps and on SIGINT / SIGTERM (at the end of
+  the step in progress), written atomically by `AtomicCheckpointIO`; `CSVLogger` writes every
+  row as it is logged and keeps the rows of the run being resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from omegaconf import DictConfig, OmegaConf
+
+from hyenadna.compile import check_compile_flag
+from hyenadna.files import atomic_write, describe_os_error, write_text_atomic
+from hyenadna.runtime import buffers, check_switch, huge_pages_state, keep_freed_memory
+
+# Every callable a config may instantiate, by exact dotted name. A prefix rule is not enough:
+# Hydra resolves `hyenadna.checkpoint.torch.load` through the module's attributes.
+ALLOWED_TARGETS = frozenset({
+    # this package
+    "hyenadna.model.HyenaConfig", "hyenadna.model.HyenaConfig.preset",
+    "hyenadna.optim.cosine_warmup_scheduler",
+    "hyenadna.pretrain.fsdp_strategy",
+    "hyenadna.pretrain_data.PretrainDataModule",
+    "hyenadna.tasks.TaskDataModule",
+    "hyenadna.warmup.SequenceLengthWarmup",
+    "hyenadna.run.RunCheckpoint", "hyenadna.run.CSVLogger",
+    # optimizers (configured `_partial_`, built on hyenadna.optim's parameter groups)
+    *(f"torch.optim.{name}" for name in ("AdamW", "Adam", "SGD", "Adagrad", "Adadelta", "Adamax", "Adafactor",
+                                          "NAdam", "RAdam", "RMSprop", "Rprop", "ASGD")),
+    # Lightning: the trainer, strategies, loggers and the callbacks that take no code
+    "lightning.pytorch.Trainer",
+    *(f"lightning.pytorch.strategies.{name}" for name in ("DDPStrategy", "FSDPStrategy", "DeepSpeedStrategy",
+                                                           "SingleDeviceStrategy")),
+    *(f"lightning.pytorch.loggers.{name}" for name in ("CSVLogger", "WandbLogger", "TensorBoardLogger",
+                                                        "MLFlowLogger", "CometLogger")),
+    *(f"lightning.pytorch.callbacks.{name}" for name in (
+        "ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "ModelSummary", "RichModelSummary",
+        "RichProgressBar", "TQDMProgressBar", "DeviceStatsMonitor", "Timer", "StochasticWeightAveraging",
+        "GradientAccumulationScheduler", "EMAWeightAveraging")),
+})
+
+
+def check_targets(node: Any, where: str = "") -> None:
+    """Every `_target_` in `node` must be one of `ALLOWED_TARGETS`, spelled exactly."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            target = node._get_node("_target_")._value()  # unresolved: an interpolation is refused too
+            if not isinstance(target, str) or target not in ALLOWED_TARGETS:
+                raise ValueError(f"config {where or '<root>'}: _target_ {target!r} is not allowed; a config may "
+                                 f"instantiate only these callables (hyenadna.run.ALLOWED_TARGETS):\n  "
+                                 + "\n  ".join(sorted(ALLOWED_TARGETS)))
+        for key in node:
+            check_targets(node._get_node(key), f"{where}.{key}" if where else str(key))
+    elif OmegaConf.is_list(node):
+        for i, item in enumerate(node):
+            check_targets(node._get_node(i), f"{where}[{i}]")
+
+
+def _check_value_types(node: DictConfig, group: str) -> None:
+    """A text value for a parameter whose default is a number (`optimizer.lr=fast`) is refused
+    naming the key, instead of surfacing later as a TypeError deep inside torch."""
+    try:
+        from hydra.utils import get_object
+
+        target = get_object(node._target_)
+        params = inspect.signature(target).parameters
+    except (ValueError, TypeError, ImportError, AttributeError):
+        return
+    for key, value in node.items():
+        if key.startswith("_") or key not in params or not isinstance(value, str):
+            continue
+        default = params[key].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise ValueError(f"config `{group}.{key}` must be a number, got {value!r}")
+
+
+def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """instantiate() with the config group named in any error (a typo'd key reads as a TypeError)."""
+    if isinstance(node, DictConfig) and "_target_" in node:
+        _check_value_types(node, group)
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:  # Hydra wraps the constructor's error; unwrap it for the user
+        cause = err.__cause__ or err
+        raise ValueError(f"config `{group}` is invalid: {cause}") from None
+
+
+def finite_or_none(obj: Any) -> Any:
+    """`obj` with every NaN / inf float replaced by None, so it serialises as strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def check_optimizer(factory: Callable[..., torch.optim.Optimizer], group: str = "optimizer") -> None:
+    """Build the configured optimizer once on a dummy parameter, so a bad value stops the run now."""
+    try:
+        factory([torch.zeros(1, requires_grad=True)])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config `{group}` is invalid: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The output folder
+# --------------------------------------------------------------------------------------------
+
+# What a run writes into its folder; any of them means the folder holds a run.
+RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "results.json", "loss_curves.png", "hparams.yaml")
+
+
+def run_files(out: Path) -> list[str]:
+    """The files of a previous run in `out` (an empty `checkpoints/` does not count)."""
+    found = []
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            if any(p.iterdir()):
+                found.append(name + "/")
+        elif p.exists() or p.is_symlink():
+            found.append(name)
+    return found
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _startup_rank() -> int:
+    """This process's global rank as the launcher's environment gives it (0 when not distributed)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def prepare_output_dir(path: str | os.PathLike[str], resume_from: str | os.PathLike[str] | None = None) -> Path:
+    """Create the output folder and prove it is writable; refuse one that holds another run.
+
+    A folder with a previous run's files is accepted only to resume that run in place, i.e.
+    when `resume_from` is one of its own checkpoints. Raises PermissionError (not writable) or
+    FileExistsError (holds a run) naming the folder.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output_dir {out} exists and is not a folder")
+    # Only the first process judges: in a multi-process run the others start when (Lightning's
+    # launcher) or while (torchrun, SLURM) it writes the run's first files.
+    previous = run_files(out) if out.is_dir() and _startup_rank() == 0 else []
+    if previous and not (resume_from is not None and _inside(Path(resume_from), out)):
+        last = out / "checkpoints" / "last.ckpt"
+        how = (f"resume it with `ckpt_path={last} output_dir={out}`" if last.is_file() else
+               f"resume it from one of its checkpoints with `ckpt_path={out}/checkpoints/<file> output_dir={out}`")
+        raise FileExistsError(f"output_dir {out} already holds a run ({', '.join(previous)}) and would be "
+                              f"overwritten: {how}, or choose a new output_dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test_{uuid.uuid4().hex}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"output folder {out} is not writable: {err.strerror or err}") from None
+    return out
+
+
+def check_checkpoint_dirs(callbacks: list[pl.Callback]) -> None:
+    """Every checkpoint folder is a folder (or can be made one), before training rather than after."""
+    for cb in callbacks:
+        dirpath = getattr(cb, "dirpath", None) if isinstance(cb, pl.callbacks.ModelCheckpoint) else None
+        if dirpath is None:
+            continue
+        p = Path(dirpath)
+        if p.exists() and not p.is_dir():
+            raise FileExistsError(f"checkpoint folder {p} (callbacks.checkpoint.dirpath) is a file; "
+                                  "remove it or choose another output_dir")
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PermissionError(f"checkpoint folder {p} cannot be created: {err.strerror or err}") from None
+
+
+def save_config(cfg: DictConfig, out: Path, resolve: bool) -> None:
+    """Write config.yaml; a resumed run keeps the one it replaces as config.<k>.yaml if it differs."""
+    path = out / "config.yaml"
+    text = OmegaConf.to_yaml(cfg, resolve=resolve)
+    if path.is_file() and path.read_text() != text:
+        k = 1
+        while (out / f"config.{k}.yaml").exists():
+            k += 1
+        shutil.copy2(path, out / f"config.{k}.yaml")
+    write_text_atomic(path, text)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: a CSV that a resumed run appends to
+# --------------------------------------------------------------------------------------------
+
+
+def read_metrics(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of a metrics.csv."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def write_metrics(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
+    """Write a metrics.csv atomically."""
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def carry_metrics(source: Path, dest: Path, before_step: int) -> int:
+    """Start `dest` (a resumed run's metrics.csv) with the rows of `source` logged before
+    `before_step`; rows from after the checkpoint are dropped, the resumed run logs them again.
+    Returns the number of rows kept. `source` may be `dest` (resume in place)."""
+    header, rows = read_metrics(source)
+    kept = [r for r in rows if r.get("step", "") != "" and int(r["step"]) < before_step]
+    write_metrics(dest, header, kept)
+    return len(kept)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, minus deleting an existing metrics.csv (the run folder was checked
+    by `prepare_output_dir`: an existing file is the history of the run being resumed), with
+    its header adopted and the rewrite for new columns done atomically."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        path = Path(self.metrics_file_path)
+        if path.is_file():
+            self.metrics_keys = sorted(read_metrics(path)[0])
+
+    def _check_log_dir_exists(self) -> None:
+        pass
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        path = Path(self.metrics_file_path)
+        write_metrics(path, fieldnames, read_metrics(path)[1])
+
+
+class CSVLogger(pl.loggers.CSVLogger):
+    """metrics.csv that keeps the rows of a resumed run and writes each row when it is logged
+    (`flush_logs_every_n_steps=1`), so a killed run loses none of the rows before its checkpoint."""
+
+    def __init__(self, save_dir: str, name: str | None = "", version: str | int | None = "",
+                 flush_logs_every_n_steps: int = 1, **kwargs: Any) -> None:
+        super().__init__(save_dir, name=name, version=version, flush_logs_every_n_steps=flush_logs_every_n_steps,
+                         **kwargs)
+
+    @property
+    def experiment(self) -> _AppendingWriter:  # type: ignore[override]
+        """The writer (made on first use)."""
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints that survive a kill
+# --------------------------------------------------------------------------------------------
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file beside the target, fsync, rename: a kill or a full disk
+    leaves the previous checkpoint, never a truncated one (Lightning's own save goes through the
+    system temp folder and a copy when that is another filesystem)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
+                        storage_options: Any | None = None) -> None:
+        """Write `checkpoint` to `path` atomically."""
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "wb") as f:
+            torch.save(checkpoint, f)
+
+
+def use_atomic_checkpoints(trainer: pl.Trainer) -> None:
+    """Give the trainer's strategy `AtomicCheckpointIO` where it uses the plain torch one."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+class RunInterrupted(RuntimeError):
+    """Training stopped on SIGINT / SIGTERM after saving its state; `exit_code` is 128 + signal."""
+
+    def __init__(self, message: str, signum: int, checkpoint: str = "") -> None:
+        super().__init__(message)
+        self.signum, self.exit_code, self.checkpoint = signum, 128 + signum, checkpoint
+
+
+class RunCheckpoint(pl.callbacks.ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` is kept current: every `last_every_n_steps` optimizer
+    steps, at every epoch end and at the end of training, whatever `save_top_k` says.
+
+    The first SIGINT (Ctrl-C) or SIGTERM lets the optimizer step in progress finish, saves
+    ``last.ckpt`` and stops the run with `RunInterrupted` before the next step starts; a second
+    one stops at once. In multi-process runs the ranks agree on the step to stop at.
+    """
+
+    def __init__(self, *args: Any, last_every_n_steps: int | None = None, save_on_signal: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if last_every_n_steps is not None and (isinstance(last_every_n_steps, bool)
+                                               or not isinstance(last_every_n_steps, int) or last_every_n_steps < 1):
+            raise ValueError(f"last_every_n_steps must be a number of optimizer steps >= 1 or null, "
+                             f"got {last_every_n_steps!r}")
+        self.last_every_n_steps = last_every_n_steps
+        self.save_on_signal = save_on_signal
+        self._requested: int | None = None  # the signal received, not yet acted on
+        self._stop: RunInterrupted | None = None  # raised when the next step would start
+        self._stop_pending = False  # the ranks agreed to stop at this step
+        self._previous: dict[int, Any] = {}
+        self._step_seen = -1
+        self._at_epoch_end = False
+        self._epoch_end_step = -1  # the step of the last epoch-end save
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self._requested is not None:  # a second signal: stop now, without saving
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self._requested = signum
+        name = signal.Signals(signum).name
+        print(f"\n{name} received: finishing this step, then saving a checkpoint and stopping "
+              f"(send {name} again to stop at once)", file=sys.stderr, flush=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Install the signal handlers (main thread only: Python allows no other)."""
+        self._requested, self._stop, self._stop_pending, self._step_seen = None, None, False, trainer.global_step
+        if self.save_on_signal and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    # -- saving ----------------------------------------------------------------------------
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """Stop before a new step once a signal's checkpoint is written (the previous step's
+        metrics row is logged by then; stopping through `should_stop` would run a validation)."""
+        if self._stop is not None:
+            raise self._stop
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Lightning's step-triggered saves; at the end of an optimizer step, ``last.ckpt`` every
+        `last_every_n_steps` and when a signal asked to stop."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.global_step == self._step_seen:
+            return  # inside a gradient-accumulation window: only whole steps are saved
+        self._step_seen = trainer.global_step
+        stop = self._requested is not None
+        if self.save_on_signal and trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        periodic = bool(self.last_every_n_steps) and trainer.global_step % self.last_every_n_steps == 0
+        self._stop_pending = stop
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and self._saves_at_epoch_end(trainer):
+            return  # the epoch-end save follows, after the epoch's validation: a resume point that keeps it
+        if (periodic or stop) and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_or_named(trainer)
+        if stop:
+            self._stop_after_save(trainer)
+
+    def _saves_at_epoch_end(self, trainer: pl.Trainer) -> bool:
+        return bool(self.save_last) and self._should_save_on_train_epoch_end(trainer)
+
+    def _stop_after_save(self, trainer: pl.Trainer) -> None:
+        signum = self._requested if self._requested is not None else signal.SIGTERM
+        self._stop = RunInterrupted(f"{signal.Signals(signum).name}: training stopped after optimizer step "
+                                    f"{trainer.global_step} and saved {self._last_checkpoint_saved}",
+                                    signum, self._last_checkpoint_saved)
+
+    def _save_last_or_named(self, trainer: pl.Trainer) -> None:
+        candidates = self._monitor_candidates(trainer)
+        if self.save_last:
+            self._save_last_checkpoint(trainer, candidates)
+        else:
+            self._save_checkpoint(trainer, self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lightning's epoch-end save, and ``last.ckpt`` too (Lightning writes it only together
+        with a top-k file, i.e. never with save_top_k=0), also where this step was saved at its
+        batch end: resuming from the epoch end does not repeat the epoch's validation."""
+        self._at_epoch_end = True
+        try:
+            super().on_train_epoch_end(trainer, pl_module)
+            skip = (bool(trainer.fast_dev_run) or trainer.sanity_checking
+                    or self._epoch_end_step == trainer.global_step)
+            if self._saves_at_epoch_end(trainer) and not skip:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._at_epoch_end = False
+        if self._stop_pending and self._stop is None:
+            self._stop_after_save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``last.ckpt`` holds the final state (Lightning's own final save happens only when
+        nothing was saved before); then the signal handlers go back."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._restore_handlers()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A failed run saves nothing more (its state may be mid-step or NaN); handlers go back."""
+        self._restore_handlers()
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """An epoch-end checkpoint stores Lightning's logging counter as a step-end one would.
+
+        Lightning counts a step for logging only after its batch-end hooks, and adds that step
+        back when it restores a checkpoint; at epoch end the step is already counted, so a run
+        resumed from there would log every later row one step late.
+        """
+        if not self._at_epoch_end:
+            return
+        self._epoch_end_step = trainer.global_step
+        loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict")
+        if isinstance(loop, dict) and "_batches_that_stepped" in loop:
+            loop["_batches_that_stepped"] -= 1
+
+
+def resume_step(ckpt_path: str | os.PathLike[str]) -> int:
+    """The number of optimizer steps a Lightning checkpoint was taken after."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return int(ckpt.get("global_step", 0))
+
+
+def prepare_resumed_metrics(out: Path, ckpt_path: str | os.PathLike[str]) -> str | None:
+    """Give a resumed run's metrics.csv the history before its checkpoint: the run's own rows
+    when resuming in place, else those of the run folder the checkpoint lies in (when it has
+    one). Returns a line saying what was done, or None."""
+    ckpt = Path(ckpt_path)
+    source = next((p / "metrics.csv" for p in ckpt.resolve().parents if (p / "metrics.csv").is_file()
+                   and (p / "checkpoints").is_dir() and _inside(ckpt, p)), None)
+    if source is None:
+        return None
+    step = resume_step(ckpt)
+    dest = out / "metrics.csv"
+    kept = carry_metrics(source, dest, step)
+    where = "kept" if source.resolve() == dest.resolve() else f"copied from {source}"
+    return f"metrics.csv: {kept} rows logged before step {step} {where}; the resumed run appends to them"
+
+
+# --------------------------------------------------------------------------------------------
+# Loggers and the start of a run
+# --------------------------------------------------------------------------------------------
+
+
+def wandb_must_be_offline(timeout_s: float = 2.0) -> str | None:
+    """Why wandb has to run offline (no API key, or api.wandb.ai unreachable), or None."""
+    if not os.environ.get("WANDB_API_KEY"):
+        return "WANDB_API_KEY is not set"
+    try:
+        socket.create_connection(("api.wandb.ai", 443), timeout=timeout_s).close()
+    except OSError:
+        return "api.wandb.ai is unreachable"
+    return None
+
+
+def build_loggers(cfg: DictConfig, out: Path) -> list[pl.loggers.Logger]:
+    """Instantiate `cfg.logger` (a mapping name -> logger); wandb goes offline when it must."""
+    loggers = []
+    for name, node in (cfg.logger or {}).items():
+        if node is None:
+            continue
+        kwargs: dict[str, Any] = {}
+        if str(node.get("_target_", "")).endswith("WandbLogger") and not node.get("offline", False):
+            reason = wandb_must_be_offline()
+            if reason:
+                print(f"wandb: {reason}; logging offline to {out}/wandb (sync later with `wandb sync`)")
+                kwargs["offline"] = True
+        loggers.append(build(node, f"logger.{name}", **kwargs))
+    return loggers
+
+
+def start_run(cfg: DictConfig, known_keys: frozenset[str], resume_from: str | None = None) -> Path:
+    """Checks shared by train.py and finetune.py before any work: top-level keys, `_target_`s, the
+    true/false switches, the output folder (`prepare_output_dir`); then threads, memory settings
+    (huge pages were requested by the entry point before any tensor existed: here only checked)
+    and seeds. Returns the output folder."""
+    unknown = sorted(set(cfg) - known_keys)
+    if unknown:
+        raise ValueError(f"unknown top-level config key(s) {unknown}; known: {sorted(known_keys)}")
+    check_targets(cfg)
+    check_compile_flag(cfg.get("compile", False))
+    huge = check_switch("cpu_huge_pages", cfg.get("cpu_huge_pages", True))
+    keep = check_switch("cpu_keep_freed_memory", cfg.get("cpu_keep_freed_memory", False))
+    reuse = check_switch("cpu_reuse_buffers", cfg.get("cpu_reuse_buffers", True))
+    out = prepare_output_dir(cfg.output_dir, resume_from)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    if huge and not (state := huge_pages_state())[0]:
+        warnings.warn(f"cpu_huge_pages=true has no effect: {state[1]}", RuntimeWarning, stacklevel=2)
+    if keep and (why := keep_freed_memory()):
+        warnings.warn(f"cpu_keep_freed_memory=true has no effect: {why}", RuntimeWarning, stacklevel=2)
+    buffers.release()  # a previous run's buffers, in this process
+    buffers.enable(reuse)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    return out
+
+
+# Errors that mean "the input or the machine is not right", not "the code is wrong": reported in
+# one line. Anything else keeps its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def run_and_report(fit: Callable[[DictConfig], Any], cfg: DictConfig, prog: str) -> Any:
+    """Call `fit(cfg)` for an entry point: a user error becomes one line on stderr and exit
+    status 1, an interrupted run exits 128 + signal after saying how to resume
+    (HYDRA_FULL_ERROR=1 shows the traceback instead)."""
+    try:
+        return fit(cfg)
+    except RunInterrupted as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except USER_ERRORS as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message = describe_os_error(err) if isinstance(err, OSError) and not isinstance(
+            err, (FileNotFoundError, FileExistsError, PermissionError)) else str(err)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
