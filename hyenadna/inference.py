@@ -19,9 +19,10 @@ import csv
 import gzip
 import io
 import math
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
@@ -43,15 +44,26 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # --------------------------------------------------------------------------------------------
 
 
-def _open_text(path: Path) -> TextIO:
-    """Open plain or gzip/bgzip text by content, not by name."""
+@contextmanager
+def _open_text(path: Path) -> Iterator[TextIO]:
+    """Open plain or gzip/bgzip text by content, not by name; a damaged gzip stream is a ValueError naming `path`.
+
+    The stream is only decompressed as it is read, so the check wraps the reading done inside
+    the ``with`` block (a truncated file fails at its end, after records were already read).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     with open(path, "rb") as f:
         magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+    if magic != b"\x1f\x8b":
+        with open(path, encoding="utf-8", errors="replace") as text:
+            yield text
+        return
+    with io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace") as text:
+        try:
+            yield text
+        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise ValueError(f"{path}: truncated or corrupt gzip file ({err})") from None
 
 
 def read_fasta(path: str | Path) -> Iterator[Record]:

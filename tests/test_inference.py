@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import random
+import re
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from hyenadna.inference import (
     generate,
     hidden_states,
     open_records,
+    read_vcf,
     score_sequences,
     variant_effects,
     write_vep_tsv,
@@ -119,6 +122,27 @@ def test_bed_input_reads_intervals_and_reverse_complements_minus_strand(lm, tmp_
     recs = list(open_records(tmp_path / "x.bed", fasta=tmp_path / "ref.fa")())
     rc = chrom[10:50].translate(str.maketrans("ACGT", "TGCA"))[::-1]
     assert recs == [("peak1", chrom[10:50]), ("peak1rc", rc), ("chr1:100-120", chrom[100:120])]
+
+
+@pytest.mark.parametrize("kind", ["fasta", "csv", "bed", "vcf"])
+@pytest.mark.parametrize("damage", ["truncated", "bad CRC"])
+def test_a_damaged_gzip_input_is_a_value_error_naming_the_file(tmp_path, kind, damage) -> None:
+    rng = random.Random(3)
+    write_fasta(tmp_path / "ref.fa", [("chr1", rand_seq(2000, rng))])
+    recs = [(f"s{i}", rand_seq(100, rng)) for i in range(300)]
+    text = {
+        "fasta": "".join(f">{n}\n{s}\n" for n, s in recs),
+        "csv": "name,sequence\n" + "".join(f"{n},{s}\n" for n, s in recs),
+        "bed": "".join(f"chr1\t{i}\t{i + 50}\n" for i in range(1500)),
+        "vcf": "#CHROM\tPOS\tID\tREF\tALT\n" + "".join(f"chr1\t{i}\t.\tA\tC\n" for i in range(1, 1500)),
+    }[kind]
+    data = gzip.compress(text.encode())
+    # cut mid-stream (EOFError inside gzip), or a CRC that does not match (BadGzipFile at the end)
+    data = data[: len(data) // 2] if damage == "truncated" else data[:-8] + bytes(4) + data[-4:]
+    path = tmp_path / f"in.{kind}.gz"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: truncated or corrupt gzip file \("):
+        list(read_vcf(path) if kind == "vcf" else open_records(path, fasta=tmp_path / "ref.fa")())
 
 
 def test_too_long_or_invalid_records_fail_before_any_output(lm, tmp_path) -> None:
