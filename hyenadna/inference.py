@@ -144,15 +144,19 @@ def read_bed_sequences(bed: str | Path, fasta: str | Path) -> Iterator[Record]:
 
 
 
+def guess_format(path: str | Path) -> str | None:
+    """The input format ('fasta', 'csv' or 'bed') that the name of `path` says, ignoring .gz; None if unknown."""
+    name = Path(path).name.lower().removesuffix(".gz")
+    suffix = name.rsplit(".", 1)[-1] if "." in name else ""
+    return {"fa": "fasta", "fasta": "fasta", "fna": "fasta", "csv": "csv", "tsv": "csv", "bed": "bed"}.get(suffix)
+
+
 def open_records(path: str | Path, fmt: str | None = None, *, fasta: str | Path | None = None,
                  seq_column: str = "sequence", id_column: str | None = None) -> Callable[[], Iterator[Record]]:
     """A re-openable record source for FASTA / CSV / TSV / BED(+fasta) input, by suffix or `fmt`."""
     path = Path(path)
     if fmt is None:
-        name = path.name.lower().removesuffix(".gz")
-        suffix = name.rsplit(".", 1)[-1] if "." in name else ""
-        fmt = {"fa": "fasta", "fasta": "fasta", "fna": "fasta", "csv": "csv", "tsv": "csv",
-               "bed": "bed"}.get(suffix)
+        fmt = guess_format(path)
         if fmt is None:
             raise ValueError(f"{path}: cannot tell the format from the name; pass fmt= fasta, csv or bed")
     if not path.is_file():
@@ -300,7 +304,7 @@ def embed_outputs(output: str | Path, pooling: Pooling = "mean") -> list[Path]:
         paths = [output, *([Path(f"{stem}.mask.npy")] if pooling == "none" else []), Path(f"{stem}.ids.txt")]
         for path in paths:
             if path.is_dir():
-                raise ValueError(f"{path} is a folder; embed_to_file writes a file there")
+                raise ValueError(f"{path} is a folder; the embeddings need a file there")
         return paths
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output} is a file, not a folder for .pt shards (name a .npy file for one array)")
@@ -652,11 +656,12 @@ def write_vep_tsv(result: VepResult, path: str | Path) -> Path:
     path = Path(path)
     skipped = vep_skipped_path(path)
     with atomic_write(path) as f, atomic_write(skipped) as g:
-        f.write("chrom\tpos\tid\tref\talt\tllr\tllr_forward\tllr_reverse\n")
-        for s in result.scores:
-            v = s.variant
-            rev = "" if s.llr_reverse is None else f"{s.llr_reverse:.6g}"
-            f.write(f"{v.chrom}\t{v.pos}\t{v.id}\t{v.ref}\t{v.alt}\t{s.llr:.6g}\t{s.llr_forward:.6g}\t{rev}\n")
+        with naming_os_errors(path):  # else the inner atomic_write would name a failed write of `f` as its own
+            f.write("chrom\tpos\tid\tref\talt\tllr\tllr_forward\tllr_reverse\n")
+            for s in result.scores:
+                v = s.variant
+                rev = "" if s.llr_reverse is None else f"{s.llr_reverse:.6g}"
+                f.write(f"{v.chrom}\t{v.pos}\t{v.id}\t{v.ref}\t{v.alt}\t{s.llr:.6g}\t{s.llr_forward:.6g}\t{rev}\n")
         _write_skipped(g, result)
     return skipped
 
