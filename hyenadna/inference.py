@@ -323,6 +323,8 @@ def _open_npy(path: Path, shape: tuple[int, ...], dtype: type, name: Path) -> np
         arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         # open_memmap makes a sparse file; on a full disk its pages would then fail one by one as
         # SIGBUS when written, so reserve them now and fail here with ENOSPC instead.
+        if not hasattr(os, "posix_fallocate"):  # macOS and Windows: the sparse file, as before
+            return arr
         fd = os.open(path, os.O_RDWR)
         try:
             os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
