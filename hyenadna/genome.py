@@ -17,6 +17,7 @@ ranges. Splits must never share a base; ``check_intervals`` enforces it.
 
 from __future__ import annotations
 
+import gzip
 import os
 import struct
 import sys
@@ -119,8 +120,6 @@ def convert_gzip_to_bgzf(src: str | Path, dst: str | Path, chunk_size: int = 1 <
 
     Progress goes to stderr: the conversion of hg38 (about 0.9 GB compressed) takes minutes.
     """
-    import gzip
-
     src, dst = Path(src), Path(dst)
     total = src.stat().st_size
     tmp = dst.with_name(dst.name + f".part{os.getpid()}")
@@ -146,7 +145,11 @@ def convert_gzip_to_bgzf(src: str | Path, dst: str | Path, chunk_size: int = 1 <
                     )
             writer.close()
         os.replace(tmp, dst)
-    except (OSError, EOFError, zlib.error) as err:
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"FASTA file {src} is a truncated or corrupt gzip file ({err}); "
+                         "cannot convert it to BGZF") from None
+    except OSError as err:
         tmp.unlink(missing_ok=True)
         raise ValueError(f"cannot convert gzip file {src} to BGZF: {err}") from None
     print(
@@ -287,7 +290,7 @@ class Genome:
             if not existed:
                 # pyfaidx may leave a half-written index behind; a later open must not trust it.
                 Path(fai or str(self.readable_path) + ".fai").unlink(missing_ok=True)
-            raise ValueError(_explain_pyfaidx_error(self.path, err)) from None
+            raise ValueError(_explain_pyfaidx_error(self._where(), err)) from None
         self._fasta, self._pid = fasta, os.getpid()
         return fasta
 
@@ -320,9 +323,19 @@ class Genome:
         try:
             return self._open().faidx.fetch(chrom, start + 1, end)
         except Exception as err:  # an I/O or format error deep in pyfaidx/Bio
+            if _damaged_gzip(err):
+                raise ValueError(
+                    f"cannot read {chrom}:{start}-{end}: {_damaged_gzip_message(self._where(), err)}"
+                ) from None
             raise ValueError(
                 f"cannot read {chrom}:{start}-{end} from FASTA {self.path}: {err}"
             ) from None
+
+    def _where(self) -> str:
+        """The FASTA file named in messages, with the BGZF copy pyfaidx actually reads if there is one."""
+        if self.readable_path == self.path:
+            return str(self.path)
+        return f"{self.path} (read through its BGZF copy {self.readable_path})"
 
     def __repr__(self) -> str:
         return f"Genome({str(self.path)!r}, {len(self.chrom_lengths)} sequences)"
@@ -336,9 +349,26 @@ def reverse_complement_str(seq: str) -> str:
     return seq.translate(_DNA_COMPLEMENT)[::-1]
 
 
-def _explain_pyfaidx_error(path: Path, err: Exception) -> str:
+def _damaged_gzip(err: Exception) -> bool:
+    """True for what zlib, struct, pyfaidx and Bio.bgzf raise on a truncated or corrupt BGZF stream."""
+    if isinstance(err, (EOFError, zlib.error, struct.error)):
+        return True  # struct.error: 'unpack requires a buffer of 4 bytes' from a block header cut short
+    text = str(err)
+    return isinstance(err, (RuntimeError, OSError, ValueError)) and (
+        "BGZF" in text or text.startswith(("Decompressed to", "CRC is"))
+    )
+
+
+def _damaged_gzip_message(where: str, err: Exception) -> str:
+    """One line for a truncated or corrupt BGZF file."""
+    return f"FASTA file {where} is a truncated or corrupt gzip/BGZF file ({type(err).__name__}: {err})"
+
+
+def _explain_pyfaidx_error(path: str | Path, err: Exception) -> str:
     """A one-line message for a pyfaidx failure, naming the file."""
     text = str(err)
+    if _damaged_gzip(err):
+        return _damaged_gzip_message(str(path), err)
     if isinstance(err, UnicodeDecodeError):
         return f"{path} is not a FASTA file (it contains binary data)"
     if "Duplicate key" in text:

@@ -16,12 +16,15 @@ Conventions (all follow from the model being causal):
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import io
 import math
+import os
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hyenadna.files import atomic_outputs, atomic_write, naming_os_errors
 from hyenadna.model import HyenaDNAForCausalLM, HyenaDNAForSequenceClassification, HyenaDNAModel, fftconv
 from hyenadna.tokenizer import CharTokenizer
 
@@ -43,15 +47,26 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # --------------------------------------------------------------------------------------------
 
 
-def _open_text(path: Path) -> TextIO:
-    """Open plain or gzip/bgzip text by content, not by name."""
+@contextmanager
+def _open_text(path: Path) -> Iterator[TextIO]:
+    """Open plain or gzip/bgzip text by content, not by name; a damaged gzip stream is a ValueError naming `path`.
+
+    The stream is only decompressed as it is read, so the check wraps the reading done inside
+    the ``with`` block (a truncated file fails at its end, after records were already read).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     with open(path, "rb") as f:
         magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+    if magic != b"\x1f\x8b":
+        with open(path, encoding="utf-8", errors="replace") as text:
+            yield text
+        return
+    with io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace") as text:
+        try:
+            yield text
+        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise ValueError(f"{path}: truncated or corrupt gzip file ({err})") from None
 
 
 def read_fasta(path: str | Path) -> Iterator[Record]:
@@ -129,15 +144,19 @@ def read_bed_sequences(bed: str | Path, fasta: str | Path) -> Iterator[Record]:
 
 
 
+def guess_format(path: str | Path) -> str | None:
+    """The input format ('fasta', 'csv' or 'bed') that the name of `path` says, ignoring .gz; None if unknown."""
+    name = Path(path).name.lower().removesuffix(".gz")
+    suffix = name.rsplit(".", 1)[-1] if "." in name else ""
+    return {"fa": "fasta", "fasta": "fasta", "fna": "fasta", "csv": "csv", "tsv": "csv", "bed": "bed"}.get(suffix)
+
+
 def open_records(path: str | Path, fmt: str | None = None, *, fasta: str | Path | None = None,
                  seq_column: str = "sequence", id_column: str | None = None) -> Callable[[], Iterator[Record]]:
     """A re-openable record source for FASTA / CSV / TSV / BED(+fasta) input, by suffix or `fmt`."""
     path = Path(path)
     if fmt is None:
-        name = path.name.lower().removesuffix(".gz")
-        suffix = name.rsplit(".", 1)[-1] if "." in name else ""
-        fmt = {"fa": "fasta", "fasta": "fasta", "fna": "fasta", "csv": "csv", "tsv": "csv",
-               "bed": "bed"}.get(suffix)
+        fmt = guess_format(path)
         if fmt is None:
             raise ValueError(f"{path}: cannot tell the format from the name; pass fmt= fasta, csv or bed")
     if not path.is_file():
@@ -272,6 +291,51 @@ class EmbeddingSummary:
     files: list[Path] = field(default_factory=list)
 
 
+def embed_outputs(output: str | Path, pooling: Pooling = "mean") -> list[Path]:
+    """The paths `embed_to_file` writes for `output`, checked before any work.
+
+    A ``.npy`` output is the array, ``<stem>.mask.npy`` (per position only) and
+    ``<stem>.ids.txt``; any other output is one shard folder, which must be new or empty
+    (shards of an earlier run would mix with the new ones).
+    """
+    output = Path(output)
+    if output.suffix == ".npy":
+        stem = output.with_suffix("")
+        paths = [output, *([Path(f"{stem}.mask.npy")] if pooling == "none" else []), Path(f"{stem}.ids.txt")]
+        for path in paths:
+            if path.is_dir():
+                raise ValueError(f"{path} is a folder; the embeddings need a file there")
+        return paths
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output} is a file, not a folder for .pt shards (name a .npy file for one array)")
+    if output.is_dir():
+        held = sorted(p.name for p in output.iterdir())
+        if held:
+            shown = ", ".join(held[:3]) + (f", ... ({len(held)} in all)" if len(held) > 3 else "")
+            raise ValueError(f"shard folder {output} is not empty (it holds {shown}); embed into a new or empty "
+                             "folder, so that earlier shards do not mix with the new ones")
+    return [output]
+
+
+def _open_npy(path: Path, shape: tuple[int, ...], dtype: type, name: Path) -> np.memmap:
+    """A new .npy memory map at `path` whose blocks are reserved on disk (errors name `name`)."""
+    with naming_os_errors(name):
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        # open_memmap makes a sparse file; on a full disk its pages would then fail one by one as
+        # SIGBUS when written, so reserve them now and fail here with ENOSPC instead.
+        if not hasattr(os, "posix_fallocate"):  # macOS and Windows: the sparse file, as before
+            return arr
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot reserve: as before
+                raise
+        finally:
+            os.close(fd)
+    return arr
+
+
 def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[[], Iterable[Record]],
                   output: str | Path, pooling: Pooling = "mean", batch_size: int = 16,
                   precision: Precision = "fp32", shard_size: int = 4096, progress: bool = True) -> EmbeddingSummary:
@@ -279,11 +343,18 @@ def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[
 
     ``output`` ending in ``.npy``: one memory-mapped array, (N, D) pooled or (N, L_max_in, D)
     per position with ``<stem>.mask.npy`` (N, L) marking real positions; names in
-    ``<stem>.ids.txt``. Any other ``output`` is a directory of ``.pt`` shards of `shard_size`
-    records, each ``{"ids", "embeddings", "attention_mask" (per position only)}``. The input is
-    read twice: once to check it and size the output, once to embed it.
+    ``<stem>.ids.txt``. Any other ``output`` is a new or empty directory of ``.pt`` shards of
+    `shard_size` records, each ``{"ids", "embeddings", "attention_mask" (per position only)}``.
+    The input is read twice: once to check it and size the output, once to embed it. Everything
+    is written under temporary sibling names and renamed into place at the end, so a failure
+    leaves the previous outputs (or none) as they were.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be a number of records >= 1, got {shard_size}")
     output = Path(output)
+    targets = embed_outputs(output, pooling)
     backbone = _backbone(model)
     device = _device_of(model)
     names, lengths = check_records(records(), tokenizer, backbone.config.l_max, progress)
@@ -292,65 +363,67 @@ def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[
     summary = EmbeddingSummary(n, dim)
     batches = _progress(_batches(records(), batch_size), progress, "embedding", total=math.ceil(n / batch_size),
                         unit="batch")
+    output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npy":
-        output.parent.mkdir(parents=True, exist_ok=True)
-        stem = output.with_suffix("")
-        width = int(lengths.max())
-        shape = (n, dim) if pooling != "none" else (n, width, dim)
-        arr = np.lib.format.open_memmap(output, mode="w+", dtype=np.float32, shape=shape)
-        mask_arr = None
-        if pooling == "none":
-            mask_arr = np.lib.format.open_memmap(f"{stem}.mask.npy", mode="w+", dtype=np.bool_, shape=(n, width))
-        row = 0
+        with atomic_outputs(targets) as tmps:
+            width = int(lengths.max())
+            shape = (n, dim) if pooling != "none" else (n, width, dim)
+            arr = _open_npy(tmps[0], shape, np.float32, targets[0])
+            mask_arr = _open_npy(tmps[1], (n, width), np.bool_, targets[1]) if pooling == "none" else None
+            row = 0
+            for batch in batches:
+                ids, mask = _encode(tokenizer, [s for _, s in batch], device)
+                vec = pool(hidden_states(model, ids, precision), mask, pooling).cpu().numpy()
+                if mask_arr is not None:
+                    arr[row:row + len(batch), : vec.shape[1]] = vec
+                    arr[row:row + len(batch), vec.shape[1]:] = 0
+                    mask_arr[row:row + len(batch)] = False
+                    mask_arr[row:row + len(batch), : vec.shape[1]] = mask.cpu().numpy().astype(bool)
+                else:
+                    arr[row:row + len(batch)] = vec
+                row += len(batch)
+            arr.flush()
+            if mask_arr is not None:
+                mask_arr.flush()
+            with naming_os_errors(targets[-1]):
+                tmps[-1].write_text("".join(name + "\n" for name in names))
+        summary.files.extend(targets)
+        return summary
+    pending: list[tuple[list[str], Tensor, Tensor]] = []
+    count = 0
+    with atomic_outputs([output]) as [folder]:
+        folder.mkdir()
+
+        def flush() -> None:
+            nonlocal pending, count
+            if not pending:
+                return
+            ids_list = [name for names_b, _, _ in pending for name in names_b]
+            if pooling == "none":
+                width = max(h.shape[1] for _, h, _ in pending)
+                emb = torch.cat([F.pad(h, (0, 0, 0, width - h.shape[1])) for _, h, _ in pending])
+                msk = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, _, m in pending])
+                payload = {"ids": ids_list, "embeddings": emb, "attention_mask": msk}
+            else:
+                payload = {"ids": ids_list, "embeddings": torch.cat([h for _, h, _ in pending])}
+            name = f"shard-{len(summary.files):05d}.pt"
+            # torch.save into a file turns a failed write (full disk) into an opaque RuntimeError
+            # ('unexpected pos ...'); serialised in memory first, the write raises a plain OSError.
+            blob = io.BytesIO()
+            torch.save(payload, blob)
+            with naming_os_errors(output / name), open(folder / name, "wb") as f:
+                f.write(blob.getbuffer())
+            summary.files.append(output / name)
+            pending, count = [], 0
+
         for batch in batches:
             ids, mask = _encode(tokenizer, [s for _, s in batch], device)
-            vec = pool(hidden_states(model, ids, precision), mask, pooling).cpu().numpy()
-            if pooling == "none":
-                arr[row:row + len(batch), : vec.shape[1]] = vec
-                arr[row:row + len(batch), vec.shape[1]:] = 0
-                mask_arr[row:row + len(batch)] = False
-                mask_arr[row:row + len(batch), : vec.shape[1]] = mask.cpu().numpy().astype(bool)
-            else:
-                arr[row:row + len(batch)] = vec
-            row += len(batch)
-        arr.flush()
-        summary.files.append(output)
-        if mask_arr is not None:
-            mask_arr.flush()
-            summary.files.append(Path(f"{stem}.mask.npy"))
-        ids_path = Path(f"{stem}.ids.txt")
-        ids_path.write_text("".join(name + "\n" for name in names))
-        summary.files.append(ids_path)
-        return summary
-    output.mkdir(parents=True, exist_ok=True)
-    pending: list[tuple[list[str], Tensor, Tensor]] = []
-    count, shard = 0, 0
-
-    def flush() -> None:
-        nonlocal pending, count, shard
-        if not pending:
-            return
-        ids_list = [name for names_b, _, _ in pending for name in names_b]
-        if pooling == "none":
-            width = max(h.shape[1] for _, h, _ in pending)
-            emb = torch.cat([F.pad(h, (0, 0, 0, width - h.shape[1])) for _, h, _ in pending])
-            msk = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, _, m in pending])
-            payload = {"ids": ids_list, "embeddings": emb, "attention_mask": msk}
-        else:
-            payload = {"ids": ids_list, "embeddings": torch.cat([h for _, h, _ in pending])}
-        path = output / f"shard-{shard:05d}.pt"
-        torch.save(payload, path)
-        summary.files.append(path)
-        pending, count, shard = [], 0, shard + 1
-
-    for batch in batches:
-        ids, mask = _encode(tokenizer, [s for _, s in batch], device)
-        vec = pool(hidden_states(model, ids, precision), mask, pooling).cpu()
-        pending.append(([name for name, _ in batch], vec, mask.cpu().bool()))
-        count += len(batch)
-        if count >= shard_size:
-            flush()
-    flush()
+            vec = pool(hidden_states(model, ids, precision), mask, pooling).cpu()
+            pending.append(([name for name, _ in batch], vec, mask.cpu().bool()))
+            count += len(batch)
+            if count >= shard_size:
+                flush()
+        flush()
     return summary
 
 
@@ -564,21 +637,42 @@ def _llr(lm: HyenaDNAForCausalLM, tokenizer: CharTokenizer, refs: list[str], alt
     return (total[n:] - total[:n]).cpu()
 
 
-def write_vep_tsv(result: VepResult, path: str | Path) -> Path:
-    """Write scores to `path` (TSV keyed by chrom/pos/id/ref/alt) and skips to <stem>.skipped.tsv."""
+def vep_skipped_path(path: str | Path) -> Path:
+    """Where the skipped records of the vep TSV `path` go: ``<stem>.skipped.tsv`` beside it."""
     path = Path(path)
-    with open(path, "w") as f:
-        f.write("chrom\tpos\tid\tref\talt\tllr\tllr_forward\tllr_reverse\n")
-        for s in result.scores:
-            v = s.variant
-            rev = "" if s.llr_reverse is None else f"{s.llr_reverse:.6g}"
-            f.write(f"{v.chrom}\t{v.pos}\t{v.id}\t{v.ref}\t{v.alt}\t{s.llr:.6g}\t{s.llr_forward:.6g}\t{rev}\n")
-    skipped = path.with_name(path.stem + ".skipped.tsv")
-    with open(skipped, "w") as f:
-        f.write("vcf_line\tchrom\tpos\tid\tref\talt\treason\n")
-        for v, line, reason in result.skipped:
-            cols = [v.chrom, str(v.pos), v.id, v.ref, v.alt] if v else [""] * 5
-            f.write("\t".join([str(line), *cols, reason]) + "\n")
+    return path.with_name(path.stem + ".skipped.tsv")
+
+
+def _write_skipped(f: TextIO, result: VepResult) -> None:
+    f.write("vcf_line\tchrom\tpos\tid\tref\talt\treason\n")
+    for v, line, reason in result.skipped:
+        cols = [v.chrom, str(v.pos), v.id, v.ref, v.alt] if v else [""] * 5
+        f.write("\t".join([str(line), *cols, reason]) + "\n")
+
+
+def write_vep_tsv(result: VepResult, path: str | Path) -> Path:
+    """Write scores to `path` (TSV keyed by chrom/pos/id/ref/alt) and skips to <stem>.skipped.tsv.
+
+    Both are written to temporary files and renamed into place only once both are complete.
+    """
+    path = Path(path)
+    skipped = vep_skipped_path(path)
+    with atomic_write(path) as f, atomic_write(skipped) as g:
+        with naming_os_errors(path):  # else the inner atomic_write would name a failed write of `f` as its own
+            f.write("chrom\tpos\tid\tref\talt\tllr\tllr_forward\tllr_reverse\n")
+            for s in result.scores:
+                v = s.variant
+                rev = "" if s.llr_reverse is None else f"{s.llr_reverse:.6g}"
+                f.write(f"{v.chrom}\t{v.pos}\t{v.id}\t{v.ref}\t{v.alt}\t{s.llr:.6g}\t{s.llr_forward:.6g}\t{rev}\n")
+        _write_skipped(g, result)
+    return skipped
+
+
+def write_vep_skipped(result: VepResult, path: str | Path) -> Path:
+    """Write only the skipped records of the vep TSV `path` (when nothing was scored); -> their file."""
+    skipped = vep_skipped_path(path)
+    with atomic_write(skipped) as g:
+        _write_skipped(g, result)
     return skipped
 
 

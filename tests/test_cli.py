@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
+import re
+import resource
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +20,7 @@ import torch
 
 from hyenadna.checkpoint import config_to_original, to_official_state_dict
 from hyenadna.cli import main
+from hyenadna.genome import BgzfWriter, Genome
 from hyenadna.inference import embed
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 from hyenadna.tokenizer import CharTokenizer
@@ -128,3 +134,192 @@ def test_module_entry_point_runs() -> None:
     res = subprocess.run([sys.executable, "-m", "hyenadna.cli", "--help"], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
     assert res.returncode == 0 and all(c in res.stdout for c in ("convert", "embed", "score", "vep", "generate"))
+
+
+def rand_dna(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice("ACGT") for _ in range(n))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (temporaries included) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_no_command_writes_onto_one_of_its_inputs(converted, tmp_path, capsys) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(converted, model)
+    write_fasta(tmp_path / "in.fa", [("a", "ACGTACGT"), ("b", "GGCCA")])
+    shutil.copy(tmp_path / "in.fa", tmp_path / "x.ids.txt")
+    (tmp_path / "v.vcf").write_text("#CHROM\tPOS\tID\tREF\tALT\nchr1\t5\t.\tA\tC\n")
+    shutil.copy(tmp_path / "v.vcf", tmp_path / "out.skipped.tsv")
+    before = snapshot(tmp_path)
+    m, t = str(model), str(tmp_path)
+    cases = [
+        (["score", m, f"{t}/in.fa", "-o", f"{t}/in.fa"], r"-o \S*in.fa is the same file as the input INPUT "),
+        (["score", m, f"{t}/in.fa", "-o", f"{m}/config.json"], r"-o \S*config.json is the same file as the input "
+                                                             r"MODEL's config.json "),
+        (["embed", m, f"{t}/x.ids.txt", "--format", "fasta", "-o", f"{t}/x.npy"],
+         r"the ids file of -o \S*x.ids.txt is the same file as the input INPUT "),
+        (["embed", m, f"{t}/in.fa", "-o", m], r"shard folder \S*model is not empty \(it holds config.json, "),
+        (["vep", m, "--vcf", f"{t}/v.vcf", "--fasta", f"{t}/in.fa", "-o", f"{t}/v.vcf"],
+         r"-o \S*v.vcf is the same file as the input --vcf "),
+        (["vep", m, "--vcf", f"{t}/out.skipped.tsv", "--fasta", f"{t}/in.fa", "-o", f"{t}/out.tsv"],
+         r"the skipped-records file of -o \S*out.skipped.tsv is the same file as the input --vcf "),
+        (["convert", m, m], r"DST \S*model is the same file as the input SRC "),
+        (["convert", f"{m}/model.safetensors", m], r"DST \S*model holds the input SRC \S*model.safetensors; "),
+    ]
+    for argv, message in cases:
+        assert main(argv + ([] if argv[0] == "convert" else ["--no-progress"])) == 1, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and re.search(message, err), (argv, err)
+    assert snapshot(tmp_path) == before  # nothing written, nothing created
+
+
+def _small_file_limit() -> None:
+    """In the child: files may not grow past 2000 bytes; a write past it fails with EFBIG (no SIGXFSZ)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+
+@pytest.mark.parametrize("command", ["score", "embed-npy", "embed-shards", "vep", "convert"])
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_previous_output(release, converted, tmp_path,
+                                                                               command) -> None:
+    rng = random.Random(5)
+    write_fasta(tmp_path / "in.fa", [(f"r{i}", rand_dna(rng, 50)) for i in range(200)])
+    chrom = rand_dna(rng, 400)
+    write_fasta(tmp_path / "ref.fa", [("chr1", chrom)])
+    Genome(tmp_path / "ref.fa")  # its .fai index exists before the run
+    (tmp_path / "v.vcf").write_text("".join(f"chr1\t{p}\t.\t{chrom[p - 1]}\t{'C' if chrom[p - 1] == 'A' else 'A'}\n"
+                                            for p in range(70, 330)))
+    m, t = str(converted), str(tmp_path)
+    argv, named = {
+        "score": (["score", m, f"{t}/in.fa", "-o", f"{t}/s.tsv"], "s.tsv"),
+        "embed-npy": (["embed", m, f"{t}/in.fa", "-o", f"{t}/e.npy"], "e.npy"),
+        "embed-shards": (["embed", m, f"{t}/in.fa", "-o", f"{t}/shards"], "shards/shard-00000.pt"),
+        "vep": (["vep", m, "--vcf", f"{t}/v.vcf", "--fasta", f"{t}/ref.fa", "-o", f"{t}/vep.tsv", "--window", "128"],
+                "vep.tsv"),
+        "convert": (["convert", str(release[0]), f"{t}/conv"], "conv"),
+    }[command]
+    for name in ("s.tsv", "e.npy", "e.ids.txt", "vep.tsv", "vep.skipped.tsv"):
+        (tmp_path / name).write_text("previous\n")
+    (tmp_path / "shards").mkdir()  # an empty shard folder is filled
+    shutil.copytree(converted, tmp_path / "conv")  # an earlier conversion is replaced
+    before = snapshot(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "hyenadna.cli", *argv] + (["--no-progress"] * (command != "convert")),
+                         cwd=REPO, preexec_fn=_small_file_limit, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert res.returncode == 1
+    assert res.stderr.splitlines()[-1] == f"hyenadna {argv[0]}: error: {tmp_path / named}: File too large", res.stderr
+    assert "Traceback" not in res.stderr
+    assert snapshot(tmp_path) == before  # the previous outputs as they were, no temporary left
+    assert list((tmp_path / "shards").iterdir()) == []
+
+
+def test_a_run_that_produced_nothing_exits_1_with_the_reason(converted, tmp_path, capsys) -> None:
+    rng = random.Random(6)
+    chrom = rand_dna(rng, 400)
+    write_fasta(tmp_path / "ref.fa", [("chr1", chrom)])
+    wrong = {"A": "C", "C": "G", "G": "T", "T": "A"}
+    (tmp_path / "v.vcf").write_text(f"chr1\t200\tbadref\t{wrong[chrom[199]]}\t{chrom[199]}\nchr1\t100\tdel\tAC\tA\n")
+    m, t = str(converted), str(tmp_path)
+    assert main(["vep", m, "--vcf", f"{t}/v.vcf", "--fasta", f"{t}/ref.fa", "-o", f"{t}/vep.tsv", "--window", "128",
+                 "--no-progress"]) == 1
+    assert capsys.readouterr().err == (
+        f"hyenadna vep: error: scored 0 of 2 VCF alleles/records (REF mismatch: 1, not an SNV: 1); {t}/vep.tsv not "
+        f"written, the reason for each record is in {t}/vep.skipped.tsv\n")
+    assert not (tmp_path / "vep.tsv").exists()
+    assert [r.split("\t")[3] for r in (tmp_path / "vep.skipped.tsv").read_text().splitlines()] == ["id", "badref", "del"]
+
+    write_fasta(tmp_path / "in.fa", [("a", "ACGTACGT")])
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "shard-00000.pt").write_bytes(b"an earlier run")
+    assert main(["embed", m, f"{t}/in.fa", "-o", f"{t}/shards", "--no-progress"]) == 1
+    assert capsys.readouterr().err == (
+        f"hyenadna embed: error: shard folder {t}/shards is not empty (it holds shard-00000.pt); embed into a new "
+        "or empty folder, so that earlier shards do not mix with the new ones\n")
+    assert [p.name for p in (tmp_path / "shards").iterdir()] == ["shard-00000.pt"]
+    for bad in ("0", "-2", "1.5", "many"):
+        with pytest.raises(SystemExit) as info:
+            main(["embed", m, f"{t}/in.fa", "-o", f"{t}/new", "--shard-size", bad])
+        assert info.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"hyenadna embed: error: argument --shard-size: must be an integer >= 1, got {bad!r}")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["embed", "{m}", "{t}/in.txt", "-o", "{t}/e.npy"], 1,
+     "INPUT {t}/in.txt: cannot tell the format from the name; pass --format fasta, csv or bed"),
+    (["embed", "{m}", "{t}/x.bed", "-o", "{t}/e.npy"], 1,
+     "INPUT {t}/x.bed is BED: pass the reference FASTA of its intervals with --fasta"),
+    (["embed", "{m}", "{t}/in.fa", "-o", "{t}/e.npy", "--batch-size", "0"], 2,
+     "argument --batch-size: must be an integer >= 1, got '0'"),
+    (["embed", "{m}", "{t}/in.fa", "-o", "{t}/e.npy", "--device", "gpu0"], 1,
+     "--device gpu0: not a device; use cpu, cuda, cuda:N or auto"),
+    (["score", "{m}", "{t}/in.fa", "-o", "{t}/"], 1, "-o {t}/ is a folder; give the name of the file to write"),
+    (["score", "{m}", "{t}/in.fa", "-o", "{t}/no/s.tsv"], 1, "-o {t}/no/s.tsv: the folder {t}/no does not exist"),
+    (["vep", "{m}", "--vcf", "{t}/v.vcf", "--fasta", "{t}/in.fa", "-o", "{t}/o.tsv", "--window", "300"], 1,
+     "--window must be in [2, 258] (the model's l_max), got 300"),
+    (["generate", "{m}", "--prompt", "ACGTAC", "--max-new-tokens", "253"], 1,
+     "--prompt (6 bases) + --max-new-tokens (253) = 259 exceeds the model's l_max=258"),
+    (["generate", "{m}", "--prompt", "AC>T"], 1, "--prompt: invalid character '>' at position 2; a DNA sequence"),
+    (["generate", "{m}", "--prompt", ""], 1, "--prompt is empty; give at least one base"),
+    (["generate", "{m}", "--prompt", "ACGT", "--top-k", "0"], 2, "argument --top-k: must be an integer >= 1, got '0'"),
+    (["generate", "{m}", "--prompt", "ACGT", "--top-p", "1.5"], 2,
+     "argument --top-p: must be a number in (0, 1], got '1.5'"),
+    (["generate", "{m}", "--prompt", "ACGT", "--temperature", "0"], 2,
+     "argument --temperature: must be a number > 0 (use --top-k 1 for greedy decoding), got '0'"),
+    (["generate", "{m}", "--prompt", "ACGT", "--num-samples", "0"], 2,
+     "argument --num-samples: must be an integer >= 1, got '0'"),
+    (["generate", "{m}", "--prompt", "ACGT", "--max-new-tokens", "-1"], 2,
+     "argument --max-new-tokens: must be an integer >= 0, got '-1'"),
+    (["generate", "{m}", "--prompt", "ACGT", "--seed", str(2**64)], 2,
+     f"argument --seed: must be an integer from -2**63 to 2**64 - 1, got '{2**64}'"),
+])
+def test_cli_messages_name_the_flags(converted, tmp_path, capsys, argv, status, message) -> None:
+    t = str(tmp_path)
+    write_fasta(tmp_path / "in.fa", [("a", "ACGTACGT")])
+    shutil.copy(tmp_path / "in.fa", tmp_path / "in.txt")
+    (tmp_path / "x.bed").write_text("chr1\t0\t4\n")
+    (tmp_path / "v.vcf").write_text("a\t2\t.\tC\tA\n")
+    argv = [a.format(m=converted, t=t) for a in argv]
+    if status == 2:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    else:
+        assert main(argv) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"hyenadna {argv[0]}: error: " + message.format(t=t))
+
+
+def test_a_damaged_gzip_input_is_one_line_naming_the_file(converted, tmp_path, capsys) -> None:
+    rng = random.Random(7)
+    chrom = rand_dna(rng, 400_000)  # several BGZF blocks
+    with open(tmp_path / "ref.fa.gz", "wb") as f, BgzfWriter(f) as writer:
+        writer.write(f">chr1\n{chrom}\n".encode())
+    data = (tmp_path / "ref.fa.gz").read_bytes()
+    (tmp_path / "cut.fa.gz").write_bytes(data[: len(data) // 2])
+    write_fasta(tmp_path / "ref.fa", [("chr1", chrom[:400])])
+    fasta = gzip.compress("".join(f">r{i}\n{rand_dna(rng, 100)}\n" for i in range(2000)).encode())
+    (tmp_path / "in.fa.gz").write_bytes(fasta[: len(fasta) // 2])
+    vcf = gzip.compress("".join(f"chr1\t{p}\t.\t{chrom[p - 1]}\tN\n" for p in range(100, 300)).encode() * 50)
+    (tmp_path / "v.vcf.gz").write_bytes(vcf[: len(vcf) // 2])
+    (tmp_path / "x.bed").write_text("chr1\t0\t10\n")
+    (tmp_path / "ok.vcf").write_text(f"chr1\t200\t.\t{chrom[199]}\tN\n")
+    m, t = str(converted), str(tmp_path)
+    cut_gzip = "truncated or corrupt gzip file (Compressed file ended before the end-of-stream marker was reached)"
+    cut_bgzf = f"FASTA file {t}/cut.fa.gz is a truncated or corrupt gzip/BGZF file ("
+    cases = [
+        (["embed", m, f"{t}/in.fa.gz", "-o", f"{t}/e.npy"], f"{t}/in.fa.gz: {cut_gzip}"),
+        (["score", m, f"{t}/in.fa.gz", "-o", f"{t}/s.tsv"], f"{t}/in.fa.gz: {cut_gzip}"),
+        (["vep", m, "--vcf", f"{t}/v.vcf.gz", "--fasta", f"{t}/ref.fa", "-o", f"{t}/o.tsv", "--window", "128"],
+         f"{t}/v.vcf.gz: {cut_gzip}"),
+        (["vep", m, "--vcf", f"{t}/ok.vcf", "--fasta", f"{t}/cut.fa.gz", "-o", f"{t}/o.tsv", "--window", "128"],
+         cut_bgzf),
+        (["embed", m, f"{t}/x.bed", "--fasta", f"{t}/cut.fa.gz", "-o", f"{t}/e.npy"], cut_bgzf),
+    ]
+    for argv, message in cases:
+        assert main(argv + ["--no-progress"]) == 1, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith(f"hyenadna {argv[0]}: error: {message}"), (argv, err)
+    assert not any((tmp_path / name).exists() for name in ("e.npy", "s.tsv", "o.tsv", "o.skipped.tsv"))

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 from pathlib import Path
 
 import pytest
 
-from hyenadna.files import atomic_write, check_outputs_are_not_inputs, write_text_atomic
+from hyenadna import files
+from hyenadna.files import (
+    atomic_outputs,
+    atomic_write,
+    check_outputs_are_not_inputs,
+    describe_os_error,
+    naming_os_errors,
+    write_text_atomic,
+)
+
+
+class _FullDisk(io.FileIO):
+    """A file on a disk with no space left: every write fails with ENOSPC (and names no file)."""
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def test_atomic_write_replaces_only_when_complete(tmp_path: Path) -> None:
@@ -42,3 +59,42 @@ def test_an_output_that_is_an_input_is_refused(tmp_path: Path) -> None:
             check_outputs_are_not_inputs({"-o": out}, {"INPUT": src})
     assert src.read_text() == ">a\nACGT\n"
     check_outputs_are_not_inputs({"-o": tmp_path / "scores.tsv", "stdout": "-"}, {"INPUT": src, "--fasta": None})
+
+
+def test_a_full_disk_keeps_the_old_file_leaves_no_temporary_and_names_the_target(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    target = tmp_path / "out.tsv"
+    target.write_text("old\n")
+    monkeypatch.setattr(files, "open", lambda file, mode, **kw: io.TextIOWrapper(
+        io.BufferedWriter(_FullDisk(file, mode.replace("t", ""))), **kw), raising=False)
+    with pytest.raises(OSError) as info:
+        with atomic_write(target, encoding="utf-8") as f:
+            f.write("new\n")  # buffered: the write fails when atomic_write flushes it
+    assert describe_os_error(info.value) == f"{target}: no space left on the device"
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tsv"]
+
+
+def test_atomic_outputs_renames_files_and_a_folder_together_or_leaves_all_as_they_were(tmp_path: Path) -> None:
+    arr, ids, shards = tmp_path / "e.npy", tmp_path / "e.ids.txt", tmp_path / "shards"
+    arr.write_text("old array")
+    shards.mkdir()  # an empty folder is replaced
+    with pytest.raises(OSError) as info:
+        with atomic_outputs([arr, ids, shards]) as (arr_tmp, ids_tmp, shards_tmp):
+            arr_tmp.write_text("new array")
+            shards_tmp.mkdir()
+            (shards_tmp / "shard-00000.pt").write_text("x")
+            with naming_os_errors(shards_tmp / "shard-00001.pt"):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert describe_os_error(info.value) == f"{shards / 'shard-00001.pt'}: no space left on the device"
+    assert arr.read_text() == "old array" and not ids.exists() and list(shards.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "shards"]
+    with atomic_outputs([arr, ids, shards]) as (arr_tmp, ids_tmp, shards_tmp):
+        arr_tmp.write_text("new array")
+        ids_tmp.write_text("a\n")
+        shards_tmp.mkdir()
+        (shards_tmp / "shard-00000.pt").write_text("x")
+        assert not ids.exists()  # nothing is renamed before the block ends
+    assert arr.read_text() == "new array" and ids.read_text() == "a\n"
+    assert [p.name for p in shards.iterdir()] == ["shard-00000.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.ids.txt", "e.npy", "shards"]

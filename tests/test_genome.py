@@ -171,6 +171,42 @@ def test_binary_file_is_not_fasta(tmp_path: Path) -> None:
         Genome(path)
 
 
+@pytest.mark.parametrize("keep", ["half", "all but the EOF block", "30 bytes"])
+def test_truncated_bgzf_is_one_line_naming_the_file(tmp_path: Path, keep: str) -> None:
+    data = write_bgzf(tmp_path / "full.fa.gz", fasta_text({"chr1": random_dna(4, 200_000)})).read_bytes()
+    cut = {"half": len(data) // 2, "all but the EOF block": len(data) - 28, "30 bytes": 30}[keep]
+    path = tmp_path / "cut.fa.gz"
+    path.write_bytes(data[:cut])
+    with pytest.raises(ValueError, match=r"^FASTA file .*cut\.fa\.gz is a truncated or corrupt gzip/BGZF file \("):
+        Genome(path)
+
+
+def test_truncated_plain_gzip_fails_its_conversion_naming_the_file(tmp_path: Path) -> None:
+    data = gzip.compress(fasta_text({"chr1": random_dna(5, 50_000)}).encode())
+    path = tmp_path / "cut.fa.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"^FASTA file .*cut\.fa\.gz is a truncated or corrupt gzip file "
+                                         r"\(.*\); cannot convert it to BGZF$"):
+        Genome(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.fa.gz"]  # no partial BGZF copy
+
+
+def test_corrupt_bgzf_block_met_by_a_fetch_names_the_file(tmp_path: Path) -> None:
+    seq = random_dna(6, 200_000)
+    path = write_bgzf(tmp_path / "g.fa.gz", fasta_text({"chr1": seq}))
+    Genome(path)  # writes the .fai/.gzi index of the intact file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 100] = bytes(100)
+    path.write_bytes(data)
+    for index in tmp_path.glob("g.fa.gz.*"):
+        os.utime(index)  # still newer than the file: pyfaidx trusts it and opens without reading the blocks
+    genome = Genome(path)
+    assert genome.fetch("chr1", 0, 10) == seq[:10]
+    with pytest.raises(ValueError, match=r"^cannot read chr1:0-200000: FASTA file .*g\.fa\.gz is a truncated "
+                                         r"or corrupt gzip/BGZF file \(RuntimeError: Decompressed"):
+        genome.fetch("chr1", 0, 200_000)
+
+
 def test_gz_suffix_without_gzip(tmp_path: Path) -> None:
     path = tmp_path / "x.fa.gz"
     path.write_text(">a\nACGT\n")

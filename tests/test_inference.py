@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import gzip
+import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -16,8 +20,10 @@ from hyenadna.inference import (
     generate,
     hidden_states,
     open_records,
+    read_vcf,
     score_sequences,
     variant_effects,
+    write_vep_skipped,
     write_vep_tsv,
 )
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
@@ -111,6 +117,71 @@ def test_embed_to_file_npy_and_pt_shards_from_fasta_and_csv(lm, seqs, tmp_path) 
                                embed(lm, TOK, seqs, pooling="last"), atol=1e-5, rtol=1e-5)
 
 
+def test_embed_refuses_a_shard_folder_that_holds_files_and_a_shard_size_below_1(lm, seqs, tmp_path) -> None:
+    write_fasta(tmp_path / "in.fa", [(f"s{i}", s) for i, s in enumerate(seqs)])
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "shard-00000.pt").write_bytes(b"from an earlier run")
+
+    def never_read():  # the refusal comes before the input is read
+        raise AssertionError("the input was read")
+
+    with pytest.raises(ValueError, match=r"shard folder .*shards is not empty \(it holds shard-00000.pt\)"):
+        embed_to_file(lm, TOK, never_read, shards, progress=False)
+    assert [p.name for p in shards.iterdir()] == ["shard-00000.pt"]
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=rf"shard_size must be a number of records >= 1, got {bad}"):
+            embed_to_file(lm, TOK, open_records(tmp_path / "in.fa"), tmp_path / "new", shard_size=bad, progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def _fails_on_the_second_pass(records):  # type: ignore[no-untyped-def]
+    """A record source whose second reading (the embedding pass) breaks after its first record."""
+    passes = []
+
+    def read():  # type: ignore[no-untyped-def]
+        passes.append(1)
+        for i, rec in enumerate(records):
+            if len(passes) == 2 and i == 1:
+                raise RuntimeError("input went away")
+            yield rec
+    return read
+
+
+@pytest.mark.parametrize("output", ["e.npy", "shards"])
+@pytest.mark.parametrize("pooling", ["mean", "none"])
+def test_a_failed_embedding_leaves_the_previous_outputs_and_no_temporary(lm, seqs, tmp_path, output, pooling) -> None:
+    records = [(f"s{i}", s) for i, s in enumerate(seqs)]
+    out = tmp_path / output
+    if output == "e.npy":
+        embed_to_file(lm, TOK, lambda: iter(records[:2]), out, pooling=pooling, progress=False)
+    else:
+        out.mkdir()  # a shard folder is only written when new or empty
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(RuntimeError, match="input went away"):
+        embed_to_file(lm, TOK, _fails_on_the_second_pass(records), out, pooling=pooling, batch_size=1, shard_size=1,
+                      progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no partial output, no temporary
+    assert {p: p.read_bytes() for p in before} == before
+    assert output == "e.npy" or list(out.iterdir()) == []  # no shard of the failed run
+
+
+def test_a_full_disk_for_the_npy_output_is_an_os_error_naming_it(lm, seqs, tmp_path, monkeypatch) -> None:
+    records = [(f"s{i}", s) for i, s in enumerate(seqs)]
+    embed_to_file(lm, TOK, lambda: iter(records), tmp_path / "e.npy", progress=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)  # the disk cannot hold the array the map needs
+    with pytest.raises(OSError) as info:
+        embed_to_file(lm, TOK, lambda: iter(records), tmp_path / "e.npy", progress=False)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "e.npy")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_bed_input_reads_intervals_and_reverse_complements_minus_strand(lm, tmp_path) -> None:
     rng = random.Random(1)
     chrom = rand_seq(200, rng)
@@ -119,6 +190,27 @@ def test_bed_input_reads_intervals_and_reverse_complements_minus_strand(lm, tmp_
     recs = list(open_records(tmp_path / "x.bed", fasta=tmp_path / "ref.fa")())
     rc = chrom[10:50].translate(str.maketrans("ACGT", "TGCA"))[::-1]
     assert recs == [("peak1", chrom[10:50]), ("peak1rc", rc), ("chr1:100-120", chrom[100:120])]
+
+
+@pytest.mark.parametrize("kind", ["fasta", "csv", "bed", "vcf"])
+@pytest.mark.parametrize("damage", ["truncated", "bad CRC"])
+def test_a_damaged_gzip_input_is_a_value_error_naming_the_file(tmp_path, kind, damage) -> None:
+    rng = random.Random(3)
+    write_fasta(tmp_path / "ref.fa", [("chr1", rand_seq(2000, rng))])
+    recs = [(f"s{i}", rand_seq(100, rng)) for i in range(300)]
+    text = {
+        "fasta": "".join(f">{n}\n{s}\n" for n, s in recs),
+        "csv": "name,sequence\n" + "".join(f"{n},{s}\n" for n, s in recs),
+        "bed": "".join(f"chr1\t{i}\t{i + 50}\n" for i in range(1500)),
+        "vcf": "#CHROM\tPOS\tID\tREF\tALT\n" + "".join(f"chr1\t{i}\t.\tA\tC\n" for i in range(1, 1500)),
+    }[kind]
+    data = gzip.compress(text.encode())
+    # cut mid-stream (EOFError inside gzip), or a CRC that does not match (BadGzipFile at the end)
+    data = data[: len(data) // 2] if damage == "truncated" else data[:-8] + bytes(4) + data[-4:]
+    path = tmp_path / f"in.{kind}.gz"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: truncated or corrupt gzip file \("):
+        list(read_vcf(path) if kind == "vcf" else open_records(path, fasta=tmp_path / "ref.fa")())
 
 
 def test_too_long_or_invalid_records_fail_before_any_output(lm, tmp_path) -> None:
@@ -198,6 +290,27 @@ def test_vep_scores_snvs_and_reports_every_skipped_record(lm, tmp_path) -> None:
     assert len(skipped.read_text().splitlines()) == 1 + 6
     with pytest.raises(ValueError, match="window must be in"):
         variant_effects(lm, TOK, tmp_path / "v.vcf", tmp_path / "ref.fa", window=131)
+
+
+def test_vep_files_are_replaced_together_only_when_both_are_complete(lm, tmp_path) -> None:
+    rng = random.Random(4)
+    chrom = rand_seq(300, rng)
+    write_fasta(tmp_path / "ref.fa", [("chr1", chrom)])
+    other = {"A": "G", "C": "T", "G": "A", "T": "C"}
+    (tmp_path / "v.vcf").write_text(f"chr1\t150\tok\t{chrom[149]}\t{other[chrom[149]]}\nchr1\t151\tdel\tAC\tA\n")
+    res = variant_effects(lm, TOK, tmp_path / "v.vcf", tmp_path / "ref.fa", window=100)
+    out = tmp_path / "vep.tsv"
+    write_vep_tsv(res, out)
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    res.scores.clear()  # the new files would differ from the old ones ...
+    res.skipped.append((None, 9, None))  # type: ignore[arg-type]  # ... but a record fails half-way through
+    with pytest.raises(TypeError):
+        write_vep_tsv(res, out)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before  # neither file touched, no temporary
+    res.skipped.pop()
+    assert write_vep_skipped(res, out) == tmp_path / "vep.skipped.tsv"
+    assert (tmp_path / "vep.skipped.tsv").read_text().splitlines()[1].endswith("not an SNV: REF=AC ALT=A")
+    assert out.read_text() == before["vep.tsv"]
 
 
 # ------------------------------------------------------------------------------- generation
