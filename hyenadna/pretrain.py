@@ -10,6 +10,7 @@ very same validation windows.
 
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,13 @@ def check_checkpoint(ckpt_path: str, config: HyenaConfig) -> None:
         raise FileNotFoundError(f"ckpt_path {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"ckpt_path {path} cannot be loaded without running pickled code, which is refused "
+                         f"({reason})") from None
     except Exception as err:
-        raise ValueError(f"ckpt_path {path} is not a loadable checkpoint: {err}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"ckpt_path {path} is not a loadable checkpoint: {reason}") from None
     if "hyena_config" not in ckpt:
         raise ValueError(f"ckpt_path {path} is not a hyenadna pretraining checkpoint (no 'hyena_config')")
     check_same_architecture(ckpt["hyena_config"], config.to_dict(), f"checkpoint {path}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import io
 import math
 import os
 import shutil
@@ -72,8 +73,7 @@ def check_targets(node: Any, where: str = "") -> None:
             target = node._get_node("_target_")._value()  # unresolved: an interpolation is refused too
             if not isinstance(target, str) or target not in ALLOWED_TARGETS:
                 raise ValueError(f"config {where or '<root>'}: _target_ {target!r} is not allowed; a config may "
-                                 f"instantiate only these callables (hyenadna.run.ALLOWED_TARGETS):\n  "
-                                 + "\n  ".join(sorted(ALLOWED_TARGETS)))
+                                 f"name only the callables of hyenadna.run.ALLOWED_TARGETS, spelled exactly")
         for key in node:
             check_targets(node._get_node(key), f"{where}.{key}" if where else str(key))
     elif OmegaConf.is_list(node):
@@ -295,18 +295,22 @@ class CSVLogger(pl.loggers.CSVLogger):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into a temporary file beside the target, fsync, rename: a kill or a full disk
-    leaves the previous checkpoint, never a truncated one (Lightning's own save goes through the
-    system temp folder and a copy when that is another filesystem)."""
+    """Checkpoints written into a temporary file beside the target, fsynced and renamed: a kill or
+    a full disk leaves the previous checkpoint, never a truncated one (Lightning's own save goes
+    through the system temp folder, and a copy when that is another filesystem)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
                         storage_options: Any | None = None) -> None:
         """Write `checkpoint` to `path` atomically."""
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
+        # Serialised in memory first (as Lightning does): torch.save's zip writer reports a failed
+        # write as a RuntimeError ('unexpected pos'), a plain write as the OSError it is.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, "wb") as f:
-            torch.save(checkpoint, f)
+            f.write(buffer.getbuffer())
 
 
 def use_atomic_checkpoints(trainer: pl.Trainer) -> None:

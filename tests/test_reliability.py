@@ -7,6 +7,7 @@ stops on a non-finite loss and refuses non-finite targets; every user error is o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -151,13 +152,34 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) 
     io.save_checkpoint({"global_step": 1, "w": torch.ones(4)}, path)
     before = path.read_bytes()
 
-    def full_disk(obj, f):  # type: ignore[no-untyped-def]
-        f.write(b"x" * 1000)  # part of the file made it
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FullDisk:
+        """The temporary file, on a disk that fills after 1000 bytes."""
 
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left"):
-        io.save_checkpoint({"global_step": 2, "w": torch.zeros(4)}, path)
+        def __init__(self, f):  # type: ignore[no-untyped-def]
+            self.f, self.written = f, 0
+
+        def write(self, data) -> int:  # type: ignore[no-untyped-def]
+            if self.written + len(data) > 1000:
+                self.f.write(bytes(data)[:1000 - self.written])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(self.f, name)
+
+    import hyenadna.run
+
+    real = hyenadna.run.atomic_write
+
+    @contextlib.contextmanager
+    def filling(p, mode):  # type: ignore[no-untyped-def]
+        with real(p, mode) as f:
+            yield FullDisk(f)
+
+    monkeypatch.setattr(hyenadna.run, "atomic_write", filling)
+    with pytest.raises(OSError, match=rf"No space left on device: '{path}'"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(100_000)}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
