@@ -117,9 +117,11 @@ _ORIGINAL_TOP = {"d_model", "n_layer", "d_inner", "vocab_size", "resid_dropout",
                  "fused_mlp", "fused_dropout_add_ln", "checkpoint_mixer", "checkpoint_mlp",
                  "residual_in_fp32", "pad_vocab_size_multiple", "return_hidden_state",
                  "model_type", "layer", "layer_norm_epsilon"}
+# `d_model` may repeat the top-level one: the official standalone model fills it in when absent
+# ("HF code differs from main Safari code") and gives the operator the layer's value.
 _ORIGINAL_LAYER = {"_name_", "emb_dim", "filter_order", "local_order", "short_filter_order", "l_max",
                    "modulate", "w", "lr", "wd", "lr_pos_emb", "order", "num_inner_mlps",
-                   "filter_dropout", "dropout", "shift"}
+                   "filter_dropout", "dropout", "shift", "d_model"}
 # -hf config.json fields; the transformers bookkeeping fields carry no architecture.
 _HF_FIELDS = {"d_model": "d_model", "n_layer": "n_layer", "d_inner": "d_inner", "vocab_size": "vocab_size",
               "max_seq_len": "l_max", "emb_dim": "emb_dim", "filter_order": "filter_order",
@@ -156,6 +158,9 @@ def config_from_original(d: dict[str, Any], where: str = "config.json") -> Hyena
             raise ValueError(f"{where}: required field {name!r} is missing")
     if "l_max" not in layer:
         raise ValueError(f"{where}: required field 'layer.l_max' is missing")
+    if "d_model" in layer and layer["d_model"] != d["d_model"]:
+        raise ValueError(f"{where}: layer.d_model is {layer['d_model']!r} but d_model is {d['d_model']!r}; "
+                         "the operator and the rest of the model must have the same width")
     out: dict[str, Any] = {k: d[k] for k in ("d_model", "n_layer", "d_inner", "vocab_size",
                                              "pad_vocab_size_multiple", "resid_dropout",
                                              "embed_dropout", "residual_in_fp32",

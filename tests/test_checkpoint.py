@@ -6,7 +6,9 @@ import collections
 import json
 import os
 import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -95,6 +97,18 @@ def write_hf(model: HyenaDNAForCausalLM, path: Path, fmt: str) -> Path:
     return path
 
 
+def edit_json(path: Path, **changes: Any) -> None:
+    """Set fields of the JSON file at `path`; a double underscore reaches into an object (layer__l_max)."""
+    d = json.loads(path.read_text())
+    for key, value in changes.items():
+        *parents, name = key.split("__")
+        node = d
+        for parent in parents:
+            node = node[parent]
+        node[name] = value
+    path.write_text(json.dumps(d))
+
+
 # ------------------------------------------------------------------------------- official layouts
 
 
@@ -144,6 +158,16 @@ def test_wrong_l_max_in_config_is_caught_by_the_stored_buffers(model, tmp_path) 
     cfg["layer"]["l_max"] = 200  # shapes of every parameter still match; only z/t reveal it
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"pos_emb\.z: checkpoint \(1, 66, 5\) vs model \(1, 200, 5\)"):
+        load_pretrained(d)
+
+
+def test_layer_d_model_is_accepted_when_it_equals_d_model(model, ids, tmp_path) -> None:
+    # The official standalone model takes this form ("HF code differs from main Safari code").
+    d = write_original(model, tmp_path / "rel", layer_wrapped=False)
+    edit_json(d / "config.json", layer__d_model=CFG.d_model)
+    assert torch.equal(logits(load_pretrained(d), ids), logits(model, ids))
+    edit_json(d / "config.json", layer__d_model=32)
+    with pytest.raises(ValueError, match=re.escape(f"{d / 'config.json'}: layer.d_model is 32 but d_model is 16")):
         load_pretrained(d)
 
 
