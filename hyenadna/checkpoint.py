@@ -683,7 +683,8 @@ def _config_mismatches(config: HyenaConfig, sd: dict[str, Tensor], names: dict[s
             if config.padded_vocab_size != value:
                 out["vocab_size"] = (f"{names.get('vocab_size', 'vocab_size')} = {config.vocab_size} "
                                      f"({config.padded_vocab_size} embedding rows at pad_vocab_size_multiple "
-                                     f"{config.pad_vocab_size_multiple}) but the weights have {value} rows ({evidence})")
+                                     f"{config.pad_vocab_size_multiple}) but the weights have {value} rows "
+                                     f"({evidence})")
         elif getattr(config, name) != value:
             out[name] = f"{names.get(name, name)} = {getattr(config, name)!r} but the weights say {value} ({evidence})"
     return out
