@@ -24,6 +24,13 @@ Every key and shape is accounted for: a mismatch raises one error listing the mi
 unexpected and wrongly-shaped keys. Stored ``z``/``t``/``deltas`` are compared with the ones
 the config implies (a difference means the config is wrong) and then dropped.
 
+A config that disagrees with the tensors (d_model, n_layer, d_inner, vocabulary rows, l_max
+where z is stored, filter_order, emb_dim, ...) is refused before a model is built, naming the
+file and each field with the config's value and what the weights say. That holds for the
+config.json of a folder or beside a file (beside a file that carries its own config, such as a
+Lightning checkpoint, only if it is a HyenaDNA config), a config inside the file, and
+``config=``. Our config.json must moreover equal the copy stored in the safetensors metadata.
+
 Safety: pickles are read with ``torch.load(weights_only=True)``. The hyper-parameters of the
 original ``.ckpt`` files are omegaconf objects; they are rebuilt as inert stand-in classes
 (no omegaconf code runs, omegaconf need not be installed) and anything else is refused.
@@ -117,9 +124,17 @@ _ORIGINAL_TOP = {"d_model", "n_layer", "d_inner", "vocab_size", "resid_dropout",
                  "fused_mlp", "fused_dropout_add_ln", "checkpoint_mixer", "checkpoint_mlp",
                  "residual_in_fp32", "pad_vocab_size_multiple", "return_hidden_state",
                  "model_type", "layer", "layer_norm_epsilon"}
+# `d_model` may repeat the top-level one: the official standalone model fills it in when absent
+# ("HF code differs from main Safari code") and gives the operator the layer's value.
 _ORIGINAL_LAYER = {"_name_", "emb_dim", "filter_order", "local_order", "short_filter_order", "l_max",
                    "modulate", "w", "lr", "wd", "lr_pos_emb", "order", "num_inner_mlps",
-                   "filter_dropout", "dropout", "shift"}
+                   "filter_dropout", "dropout", "shift", "d_model"}
+# `layer` fields that map onto ours. `local_order` is swallowed by the official operator's
+# **kwargs: the short filter is 3 unless `short_filter_order` is given, so it is not mapped.
+_ORIGINAL_LAYER_RENAMES = {"l_max": "l_max", "emb_dim": "emb_dim", "filter_order": "filter_order",
+                           "short_filter_order": "short_filter_order", "modulate": "modulate",
+                           "w": "activation_freq", "order": "hyena_order", "num_inner_mlps": "num_inner_mlps",
+                           "dropout": "hyena_dropout", "shift": "shift"}
 # -hf config.json fields; the transformers bookkeeping fields carry no architecture.
 _HF_FIELDS = {"d_model": "d_model", "n_layer": "n_layer", "d_inner": "d_inner", "vocab_size": "vocab_size",
               "max_seq_len": "l_max", "emb_dim": "emb_dim", "filter_order": "filter_order",
@@ -156,17 +171,14 @@ def config_from_original(d: dict[str, Any], where: str = "config.json") -> Hyena
             raise ValueError(f"{where}: required field {name!r} is missing")
     if "l_max" not in layer:
         raise ValueError(f"{where}: required field 'layer.l_max' is missing")
+    if "d_model" in layer and layer["d_model"] != d["d_model"]:
+        raise ValueError(f"{where}: layer.d_model is {layer['d_model']!r} but d_model is {d['d_model']!r}; "
+                         "the operator and the rest of the model must have the same width")
     out: dict[str, Any] = {k: d[k] for k in ("d_model", "n_layer", "d_inner", "vocab_size",
                                              "pad_vocab_size_multiple", "resid_dropout",
                                              "embed_dropout", "residual_in_fp32",
                                              "layer_norm_epsilon") if k in d}
-    # `local_order` is swallowed by the official operator's **kwargs: the short filter is 3
-    # unless `short_filter_order` is given, so it is deliberately not mapped.
-    renames = {"l_max": "l_max", "emb_dim": "emb_dim", "filter_order": "filter_order",
-               "short_filter_order": "short_filter_order", "modulate": "modulate", "w": "activation_freq",
-               "order": "hyena_order", "num_inner_mlps": "num_inner_mlps", "dropout": "hyena_dropout",
-               "shift": "shift"}
-    out.update({ours: layer[theirs] for theirs, ours in renames.items() if theirs in layer})
+    out.update({ours: layer[theirs] for theirs, ours in _ORIGINAL_LAYER_RENAMES.items() if theirs in layer})
     return _make_config(out, where)
 
 
@@ -207,6 +219,15 @@ def config_to_hf(config: HyenaConfig) -> dict[str, Any]:
     out = {theirs: getattr(config, ours) for theirs, ours in _HF_FIELDS.items()}
     out.update(use_bias=True, hyena_filter_dropout=0.0, tie_word_embeddings=False, model_type="hyenadna")
     return out
+
+
+# Where each of our fields sits in a config.json of each layout, to name it in errors
+# (top-level original fields keep our names).
+_JSON_FIELD_NAMES: dict[str, dict[str, str]] = {
+    "original": {ours: f"layer.{theirs}" for theirs, ours in _ORIGINAL_LAYER_RENAMES.items()},
+    "hf": {ours: theirs for theirs, ours in _HF_FIELDS.items()},
+    "ours": {f.name: f"config.{f.name}" for f in fields(HyenaConfig)},
+}
 
 
 def _make_config(d: dict[str, Any], where: str) -> HyenaConfig:
@@ -382,14 +403,26 @@ def _read_json(path: Path) -> dict[str, Any]:
     return d
 
 
+def _json_layout(d: dict[str, Any]) -> str | None:
+    """Which kind of HyenaDNA config.json `d` is ("ours", "original", "hf"), None for none."""
+    if d.get("format") == FORMAT_NAME:
+        return "ours"
+    if "layer" in d:
+        return "original"
+    if "max_seq_len" in d:
+        return "hf"
+    return None
+
+
 def _config_from_json(d: dict[str, Any], where: str) -> tuple[HyenaConfig, str]:
     """(config, layout) for a config.json of any of the three kinds."""
-    if d.get("format") == FORMAT_NAME:
-        return _make_config(d.get("config", {}), where), "ours"
-    if "layer" in d:
-        return config_from_original(d, where), "original"
-    if "max_seq_len" in d:
-        return config_from_hf(d, where), "hf"
+    layout = _json_layout(d)
+    if layout == "ours":
+        return _make_config(d.get("config", {}), where), layout
+    if layout == "original":
+        return config_from_original(d, where), layout
+    if layout == "hf":
+        return config_from_hf(d, where), layout
     raise ValueError(f"{where}: not a HyenaDNA config: expected ours (\"format\": \"hyenadna\"), an "
                      "original release (with a 'layer' object) or a -hf release (with 'max_seq_len')")
 
@@ -415,7 +448,7 @@ def _read_file(path: Path, config: HyenaConfig | None, cfg_path: Path) -> Checkp
     notes: list[str] = []
     meta = info.get("metadata", {})
     if meta.get("format") == FORMAT_NAME:
-        return _read_ours(path, tensors, meta, config)
+        return _read_ours(path, tensors, meta, config, cfg_path)
     # Official layouts: strip the prefix, remove `.layer`, drop torchmetrics counters.
     dropped = [k for k in tensors if "torchmetrics" in k]
     if dropped:
@@ -450,20 +483,33 @@ def _read_file(path: Path, config: HyenaConfig | None, cfg_path: Path) -> Checkp
         sd = renamed
 
     head = None
-    if config is None:
+    # Every config that describes these weights, checked against them: (config, where, field names).
+    checks: list[tuple[HyenaConfig, str, dict[str, str]]] = []
+    if config is not None:
+        checks.append((config, "the config= argument", {}))
+    else:
         hparams = info.get("hyper_parameters")
         if layout == "lightning" and isinstance(info.get("hyena_config"), dict):
             config = _make_config(info["hyena_config"], f"{path} hyena_config")
+            checks.append((config, f"{path} hyena_config", {}))
             if hparams is not None:
                 head = _config_from_hparams(hparams, path)[1]
         elif layout == "lightning" and hparams is not None:
             config, head = _config_from_hparams(hparams, path)
-        if config is None and cfg_path.is_file():
-            config, json_layout = _config_from_json(_read_json(cfg_path), str(cfg_path))
-            notes.append(f"config from {cfg_path} ({json_layout} layout)")
+            if config is not None:
+                checks.append((config, f"{path} hyper_parameters", {}))
+        beside = _config_beside(cfg_path, needed=config is None)
+        if beside is not None:
+            json_config, json_layout, _ = beside
+            checks.append((json_config, str(cfg_path), _JSON_FIELD_NAMES[json_layout]))
+            if config is None:
+                config = json_config
+                notes.append(f"config from {cfg_path} ({json_layout} layout)")
         if config is None:
             config = _infer_config(sd, path)
             notes.append("config inferred from tensor shapes (no config.json beside the file)")
+    for cfg, where, names in checks:
+        _check_config(cfg, sd, where, path, names)
     if "head.weight" in sd:
         default_pool = "mean" if layout == "original" else "last"
         head = {"pooling": default_pool, "problem_type": "single_label", **(head or {}),
@@ -491,8 +537,44 @@ def _official_decoder(extras: dict[str, Tensor], sd: dict[str, Tensor], path: Pa
     return {}
 
 
+def _config_beside(cfg_path: Path, needed: bool) -> tuple[HyenaConfig, str, dict[str, Any]] | None:
+    """(config, layout, JSON) of the config.json beside a weights file, None where there is none.
+
+    A config.json that is no HyenaDNA config is an error when the weights need it (`needed`);
+    beside a file that carries its own config it is not ours to judge and is skipped.
+    """
+    if not cfg_path.is_file():
+        return None
+    d = _read_json(cfg_path)
+    if not needed and _json_layout(d) is None:
+        return None
+    config, layout = _config_from_json(d, str(cfg_path))
+    return config, layout, d
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict with dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+_ABSENT = object()
+
+
+def _differences(d: dict[str, Any], other: dict[str, Any], other_name: str) -> dict[str, str]:
+    """Dotted key -> how `d` and `other` differ there, for every key where they do."""
+    a, b = _flatten(d), _flatten(other)
+    return {key: f"{key} = {a.get(key, 'absent')!r} but {other_name} says {b.get(key, 'absent')!r}"
+            for key in sorted(set(a) | set(b)) if a.get(key, _ABSENT) != b.get(key, _ABSENT)}
+
+
 def _read_ours(path: Path, tensors: dict[str, Tensor], meta: dict[str, str],
-               config: HyenaConfig | None) -> Checkpoint:
+               config: HyenaConfig | None, cfg_path: Path) -> Checkpoint:
     try:
         version = int(meta.get("format_version", "0"))
         d = json.loads(meta["config"])
@@ -500,12 +582,26 @@ def _read_ours(path: Path, tensors: dict[str, Tensor], meta: dict[str, str],
         raise ValueError(f"{path}: damaged hyenadna metadata in the safetensors header ({err})") from None
     if version > FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {version} is newer than this package reads ({FORMAT_VERSION})")
-    cfg = config or _make_config(d["config"], f"{path} metadata")
-    tok_path = path.parent / TOKENIZER_NAME
-    tokenizer = CharTokenizer.from_dict(_read_json(tok_path)) if tok_path.is_file() else None
     extras = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     sd = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
-    return Checkpoint(cfg, sd, "ours", path, head=d.get("head"), tokenizer=tokenizer, extras=extras)
+    if config is not None:
+        _check_config(config, sd, "the config= argument", path)
+    else:
+        config = _make_config(d["config"], f"{path} metadata")
+        _check_config(config, sd, f"{path} metadata", path, _JSON_FIELD_NAMES["ours"])
+        beside = _config_beside(cfg_path, needed=False)
+        if beside is not None:
+            json_config, layout, raw = beside
+            names = _JSON_FIELD_NAMES[layout]
+            problems = {names.get(k, k): v for k, v in _config_mismatches(json_config, sd, names).items()}
+            if layout == "ours":  # our config.json is a copy of the stored config: all of it must agree
+                problems = {**_differences(raw, d, f"the config stored in {path.name}"), **problems}
+            if problems:
+                raise ValueError(f"{cfg_path} disagrees with {path}: "
+                                 + "; ".join(problems[k] for k in sorted(problems)))
+    tok_path = path.parent / TOKENIZER_NAME
+    tokenizer = CharTokenizer.from_dict(_read_json(tok_path)) if tok_path.is_file() else None
+    return Checkpoint(config, sd, "ours", path, head=d.get("head"), tokenizer=tokenizer, extras=extras)
 
 
 _HYDRA_META = {"_target_", "_partial_", "_recursive_", "_convert_"}
@@ -540,28 +636,79 @@ def _config_from_hparams(hparams: Any, path: Path) -> tuple[HyenaConfig | None, 
     return _make_config(found[0], f"{path} hyper_parameters"), head or None
 
 
+_EMBEDDING = "backbone.embeddings.word_embeddings.weight"
+_MIXER0 = "backbone.layers.0.mixer."
+
+
+def _weights_architecture(sd: dict[str, Tensor]) -> dict[str, tuple[int, str]]:
+    """The architecture fields the tensors fix, each as (value, the tensor that says so).
+
+    Per-layer fields come from layer 0 (`load_state_dict_checked` compares every layer's shapes
+    later); a field whose tensor is absent or has too few dimensions is left out (that is
+    reported later as a missing or wrongly shaped key). ``padded_vocab_size`` is the row count.
+    """
+    out: dict[str, tuple[int, str]] = {}
+
+    def put(name: str, key: str, dim: int) -> None:
+        t = sd.get(key)
+        if t is not None and -t.dim() <= dim < t.dim():
+            out[name] = (int(t.shape[dim]), f"{key} is {tuple(t.shape)}")
+
+    put("d_model", _EMBEDDING, 1)
+    put("padded_vocab_size", _EMBEDDING, 0)
+    layers = sorted({int(m.group(1)) for k in sd if (m := re.match(r"backbone\.layers\.(\d+)\.", k))})
+    if layers:
+        out["n_layer"] = (layers[-1] + 1, f"layers {layers[0]}..{layers[-1]} are stored")
+    put("d_inner", "backbone.layers.0.mlp.fc1.weight", 0)
+    put("l_max", _MIXER0 + "filter_fn.pos_emb.z", 1)
+    put("filter_order", _MIXER0 + "filter_fn.implicit_filter.0.weight", 0)
+    put("emb_dim", _MIXER0 + "filter_fn.implicit_filter.0.weight", 1)
+    put("short_filter_order", _MIXER0 + "short_filter.weight", -1)
+    mlp = _MIXER0 + "filter_fn.implicit_filter"
+    linears = [k for k in sd if re.fullmatch(re.escape(mlp) + r"\.\d+\.weight", k)]
+    if linears:  # input and output Linear plus the inner ones
+        out["num_inner_mlps"] = (len(linears) - 2, f"{mlp} has {len(linears)} Linear layers")
+    proj = sd.get(_MIXER0 + "in_proj.weight")
+    if proj is not None and proj.dim() == 2 and proj.shape[1] > 0 and proj.shape[0] % proj.shape[1] == 0:
+        # in_proj gives order + 1 streams of d_model channels
+        out["hyena_order"] = (proj.shape[0] // proj.shape[1] - 1, f"{_MIXER0}in_proj.weight is {tuple(proj.shape)}")
+    return out
+
+
+def _config_mismatches(config: HyenaConfig, sd: dict[str, Tensor], names: dict[str, str]) -> dict[str, str]:
+    """Our field -> how `config` and the tensors disagree on it (the field named as `names` says)."""
+    out: dict[str, str] = {}
+    for name, (value, evidence) in _weights_architecture(sd).items():
+        if name == "padded_vocab_size":
+            if config.padded_vocab_size != value:
+                out["vocab_size"] = (f"{names.get('vocab_size', 'vocab_size')} = {config.vocab_size} "
+                                     f"({config.padded_vocab_size} embedding rows at pad_vocab_size_multiple "
+                                     f"{config.pad_vocab_size_multiple}) but the weights have {value} rows "
+                                     f"({evidence})")
+        elif getattr(config, name) != value:
+            out[name] = f"{names.get(name, name)} = {getattr(config, name)!r} but the weights say {value} ({evidence})"
+    return out
+
+
+def _check_config(config: HyenaConfig, sd: dict[str, Tensor], where: str, weights: Path,
+                  names: dict[str, str] | None = None) -> None:
+    """Raise naming `where` and every architecture field on which `config` and the tensors disagree."""
+    problems = _config_mismatches(config, sd, names or {})
+    if problems:
+        raise ValueError(f"{where} disagrees with {weights}: " + "; ".join(problems.values()))
+
+
 def _infer_config(sd: dict[str, Tensor], path: Path) -> HyenaConfig:
     """Architecture from the tensor shapes of an official state dict (l_max from the stored z)."""
-    try:
-        emb = sd["backbone.embeddings.word_embeddings.weight"]
-        z = sd["backbone.layers.0.mixer.filter_fn.pos_emb.z"]
-    except KeyError as err:
-        raise ValueError(f"{path}: cannot infer the config: key {err} is missing and there is no "
-                         f"{CONFIG_NAME} beside the file; pass config= or add the config.json") from None
-    n_layer = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"backbone\.layers\.(\d+)\.", k)))
-    p = "backbone.layers.0."
-    d_model = emb.shape[1]
-    filter_linears = [k for k in sd if re.match(rf"{re.escape(p)}mixer\.filter_fn\.implicit_filter\.\d+\.weight$", k)]
-    padded = emb.shape[0]
-    return _make_config(dict(
-        d_model=d_model, n_layer=n_layer, d_inner=sd[p + "mlp.fc1.weight"].shape[0], l_max=z.shape[1],
-        # the released vocabulary (12) padded to 16 rows; other paddings are taken at face value
-        vocab_size=12 if padded == 16 else padded, emb_dim=z.shape[2],
-        filter_order=sd[p + "mixer.filter_fn.implicit_filter.0.weight"].shape[0],
-        num_inner_mlps=len(filter_linears) - 2,
-        short_filter_order=sd[p + "mixer.short_filter.weight"].shape[-1],
-        hyena_order=sd[p + "mixer.in_proj.weight"].shape[0] // d_model - 1,
-    ), f"{path} (inferred)")
+    arch = {name: value for name, (value, _) in _weights_architecture(sd).items()}
+    for name, key in (("d_model", _EMBEDDING), ("l_max", _MIXER0 + "filter_fn.pos_emb.z")):
+        if name not in arch:
+            raise ValueError(f"{path}: cannot infer the config: key {key!r} is missing and there is no "
+                             f"{CONFIG_NAME} beside the file; pass config= or add the config.json")
+    rows = arch.pop("padded_vocab_size")
+    # the released vocabulary (12) padded to 16 rows; other paddings are taken at face value
+    arch["vocab_size"] = 12 if rows == 16 else rows
+    return _make_config(arch, f"{path} (inferred)")
 
 
 # --------------------------------------------------------------------------------------------

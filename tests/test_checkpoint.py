@@ -6,7 +6,9 @@ import collections
 import json
 import os
 import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -95,6 +97,18 @@ def write_hf(model: HyenaDNAForCausalLM, path: Path, fmt: str) -> Path:
     return path
 
 
+def edit_json(path: Path, **changes: Any) -> None:
+    """Set fields of the JSON file at `path`; a double underscore reaches into an object (layer__l_max)."""
+    d = json.loads(path.read_text())
+    for key, value in changes.items():
+        *parents, name = key.split("__")
+        node = d
+        for parent in parents:
+            node = node[parent]
+        node[name] = value
+    path.write_text(json.dumps(d))
+
+
 # ------------------------------------------------------------------------------- official layouts
 
 
@@ -138,13 +152,102 @@ def test_hf_release_loads_with_identical_logits(model, ids, tmp_path, fmt) -> No
     assert torch.equal(logits(loaded, ids), logits(model, ids))
 
 
-def test_wrong_l_max_in_config_is_caught_by_the_stored_buffers(model, tmp_path) -> None:
+def test_layer_d_model_is_accepted_when_it_equals_d_model(model, ids, tmp_path) -> None:
+    # The official standalone model takes this form ("HF code differs from main Safari code").
     d = write_original(model, tmp_path / "rel", layer_wrapped=False)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["layer"]["l_max"] = 200  # shapes of every parameter still match; only z/t reveal it
-    (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"pos_emb\.z: checkpoint \(1, 66, 5\) vs model \(1, 200, 5\)"):
+    edit_json(d / "config.json", layer__d_model=CFG.d_model)
+    assert torch.equal(logits(load_pretrained(d), ids), logits(model, ids))
+    edit_json(d / "config.json", layer__d_model=32)
+    with pytest.raises(ValueError, match=re.escape(f"{d / 'config.json'}: layer.d_model is 32 but d_model is 16")):
         load_pretrained(d)
+
+
+def write_layout(model: HyenaDNAForCausalLM, path: Path, layout: str) -> tuple[Path, Path]:
+    """(the checkpoint to load, its config.json) of `model` written in `layout`."""
+    if layout == "original":
+        write_original(model, path, layer_wrapped=False)
+    elif layout == "hf":
+        write_hf(model, path, "safetensors")
+    elif layout == "ours":
+        save_pretrained(model, path)
+    else:  # a Lightning checkpoint of ours (config inside), an original config.json beside it
+        path.mkdir()
+        torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
+                    "hyena_config": model.config.to_dict()}, path / "last.ckpt")
+        (path / "config.json").write_text(json.dumps(config_to_original(model.config)))
+        return path / "last.ckpt", path / "config.json"
+    return path, path / "config.json"
+
+
+WEIGHTS_FILE = {"original": "weights.ckpt", "hf": "model.safetensors", "ours": "model.safetensors",
+                "lightning": "last.ckpt"}
+_EMB = "(backbone.embeddings.word_embeddings.weight is (16, 16))"
+_F0 = "(backbone.layers.0.mixer.filter_fn.implicit_filter.0.weight is (8, 5))"
+_Z = "(backbone.layers.0.mixer.filter_fn.pos_emb.z is (1, 66, 5))"
+_VOCAB = f"(24 embedding rows at pad_vocab_size_multiple 8) but the weights have 16 rows {_EMB}"
+_STORED = "but the config stored in model.safetensors says"
+# (layout, config.json field, wrong value, the rest of the error's entry for it); CFG has d_model 16,
+# n_layer 2, d_inner 32, 16 embedding rows, l_max 66, filter_order 8, emb_dim 5, short filter 3.
+DISAGREEMENTS = [
+    ("original", "d_model", 999, f"but the weights say 16 {_EMB}"),
+    ("original", "n_layer", 3, "but the weights say 2 (layers 0..1 are stored)"),
+    ("original", "d_inner", 48, "but the weights say 32 (backbone.layers.0.mlp.fc1.weight is (32, 16))"),
+    ("original", "vocab_size", 20, _VOCAB),
+    ("original", "layer.l_max", 200, f"but the weights say 66 {_Z}"),
+    ("original", "layer.filter_order", 12, f"but the weights say 8 {_F0}"),
+    ("original", "layer.emb_dim", 7, f"but the weights say 5 {_F0}"),
+    ("original", "layer.short_filter_order", 5,
+     "but the weights say 3 (backbone.layers.0.mixer.short_filter.weight is (48, 1, 3))"),
+    ("hf", "d_model", 999, f"but the weights say 16 {_EMB}"),
+    ("hf", "vocab_size", 20, _VOCAB),
+    ("hf", "max_seq_len", 200, f"but the weights say 66 {_Z}"),
+    ("hf", "emb_dim", 7, f"but the weights say 5 {_F0}"),
+    ("hf", "hyena_order", 3, "but the weights say 2 (backbone.layers.0.mixer.in_proj.weight is (48, 16))"),
+    ("hf", "num_inner_mlps", 1,
+     "but the weights say 2 (backbone.layers.0.mixer.filter_fn.implicit_filter has 4 Linear layers)"),
+    ("ours", "config.d_model", 999, f"but the weights say 16 {_EMB}"),
+    ("ours", "config.n_layer", 3, "but the weights say 2 (layers 0..1 are stored)"),
+    ("ours", "config.filter_order", 12, f"but the weights say 8 {_F0}"),
+    ("ours", "config.l_max", 200, f"{_STORED} 66"),  # not in the weights: the stored config has it
+    ("ours", "config.shift", 0.0, f"{_STORED} 0.05"),
+    ("lightning", "vocab_size", 20, _VOCAB),
+    ("lightning", "layer.filter_order", 12, f"but the weights say 8 {_F0}"),
+]
+
+
+@pytest.mark.parametrize("layout, field, value, says", DISAGREEMENTS, ids=[f"{c[0]}-{c[1]}" for c in DISAGREEMENTS])
+def test_config_json_that_disagrees_with_the_weights_is_refused(model, tmp_path, layout, field, value, says) -> None:
+    src, cfg_path = write_layout(model, tmp_path / layout, layout)
+    edit_json(cfg_path, **{field.replace(".", "__"): value})
+    weights = cfg_path.parent / WEIGHTS_FILE[layout]
+    for target in dict.fromkeys((src, weights)):  # the folder, and its weights file alone
+        with pytest.raises(ValueError) as err:
+            load_pretrained(target)
+        assert str(err.value) == f"{cfg_path} disagrees with {weights}: {field} = {value!r} {says}"
+
+
+def test_every_disagreeing_field_is_named_and_config_argument_is_checked_too(model, tmp_path) -> None:
+    src, cfg_path = write_layout(model, tmp_path / "rel", "original")
+    edit_json(cfg_path, d_model=999, n_layer=3, layer__l_max=200)
+    with pytest.raises(ValueError) as err:
+        load_pretrained(src)
+    for entry in ("d_model = 999 but the weights say 16", "n_layer = 3 but the weights say 2",
+                  "layer.l_max = 200 but the weights say 66"):
+        assert entry in str(err.value)
+    # an explicit config= replaces the config.json and meets the same check
+    with pytest.raises(ValueError, match=re.escape(f"the config= argument disagrees with {src / 'weights.ckpt'}: "
+                                                   "d_inner = 64 but the weights say 32")):
+        load_pretrained(src, config=HyenaConfig(d_model=16, n_layer=2, l_max=66, filter_order=8))
+    assert load_pretrained(src, config=CFG).config == CFG
+
+
+def test_config_json_beside_a_lightning_checkpoint_is_checked_unless_it_is_not_hyenadna(model, ids, tmp_path) -> None:
+    src, cfg_path = write_layout(model, tmp_path / "run", "lightning")
+    edit_json(cfg_path, d_model=999)  # the checkpoint's own hyena_config is right: the file beside is not
+    with pytest.raises(ValueError, match=re.escape(f"{cfg_path} disagrees with {src}: d_model = 999 but")):
+        load_pretrained(src)
+    cfg_path.write_text(json.dumps({"lr": 1e-3, "batch_size": 8}))  # another tool's config.json
+    assert torch.equal(logits(load_pretrained(src), ids), logits(model, ids))
 
 
 def test_stored_buffers_that_differ_from_the_config_raise_or_warn(model, tmp_path) -> None:

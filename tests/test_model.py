@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import hyenadna.model as model_module
 from hyenadna.model import (
     HyenaConfig,
     HyenaDNAForCausalLM,
@@ -84,15 +86,78 @@ def test_fftconv_runs_in_fp32_under_bf16_autocast() -> None:
 # ---------------------------------------------------------------- causality
 
 
-def test_short_filter_is_causal() -> None:
-    op = operator()
-    x = torch.randn(1, op.short_filter.in_channels, 20)
-    y1 = op.short_filter(x)[..., :20]
+def short_conv_look_aheads(op: HyenaOperator) -> list[str]:
+    """Where the short conv as the operator runs it sees later inputs: [] when it is causal.
+
+    It is `model_module._ShortConvFn` (looked up at call time, as the operator does) with the
+    operator's weights, forward and backward, and the operator's no-grad in_proj + short conv in
+    one and in several slices. Every output is its own k multiply-adds (in_proj: one dot product
+    per position), so the checks are exact: a change at input s leaves earlier outputs bit for bit
+    and changes output s; for a one-hot output gradient at t, the input gradient is tap k-1-(t-s)
+    at inputs t-k+1..t and zero elsewhere, and tap j's weight gradient is the input k-1-j back.
+    """
+    torch.manual_seed(0)
+    conv = model_module._ShortConvFn
+    w, b = op.short_filter.weight, op.short_filter.bias
+    channels, taps = w.shape[0], w.shape[-1]
+    seqlen, s = 20, 10
+    found: list[str] = []
+    x = torch.randn(2, channels, seqlen)
     x2 = x.clone()
-    x2[..., 10] += 5.0
-    y2 = op.short_filter(x2)[..., :20]
-    assert torch.equal(y1[..., :10], y2[..., :10])
-    assert not torch.allclose(y1[..., 10], y2[..., 10])
+    x2[..., s] += 1.0
+    with torch.no_grad():
+        y, y2 = conv.apply(x, w, b), conv.apply(x2, w, b)
+    if not (torch.equal(y[..., :s], y2[..., :s]) and (y[..., s] != y2[..., s]).all()):
+        found.append("forward")
+    for t in (0, 7, seqlen - 1):
+        xt = x[:1].clone().requires_grad_()
+        out = conv.apply(xt, w, b)
+        g = torch.zeros_like(out)
+        g[..., t] = 1.0
+        gx, gw = torch.autograd.grad(out, (xt, w), g)
+        want_gx, want_gw = torch.zeros_like(gx), torch.zeros_like(gw)
+        for lag in range(min(taps, t + 1)):
+            want_gx[0, :, t - lag] = w[:, 0, taps - 1 - lag].detach()
+            want_gw[:, 0, taps - 1 - lag] = x[0, :, t - lag]
+        if not torch.equal(gx, want_gx) and "input gradient" not in found:
+            found.append("input gradient")
+        if not torch.equal(gw, want_gw) and "weight gradient" not in found:
+            found.append("weight gradient")
+    u = torch.randn(2, seqlen, op.d_model)
+    u2 = u.clone()
+    u2[:, s] += 1.0
+    whole = op.inference_chunk_elements
+    try:  # one slice, then slices of `taps` positions (s inside one of them)
+        for chunk in (whole, 2 * op.in_proj.out_features * taps):
+            op.inference_chunk_elements = chunk
+            with torch.no_grad():
+                a, c = op._project_in_slices(u), op._project_in_slices(u2)
+            if not (torch.equal(a[..., :s], c[..., :s]) and (a[..., s] != c[..., s]).all()):
+                found.append(f"no-grad in_proj + short conv, chunk {chunk}")
+    finally:
+        op.inference_chunk_elements = whole
+    return found
+
+
+class LookAheadShortConv:
+    """A short conv one step off (output t sees inputs t-k+2..t+1): what the causality check must catch."""
+
+    @staticmethod
+    def apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        taps = weight.shape[-1]
+        return F.conv1d(x, weight, bias, padding=taps - 1, groups=x.shape[1])[..., 1:x.shape[-1] + 1]
+
+
+def test_short_filter_is_causal() -> None:
+    assert short_conv_look_aheads(operator()) == []
+
+
+def test_short_filter_causality_check_catches_a_conv_that_looks_ahead(monkeypatch) -> None:
+    monkeypatch.setattr(model_module, "_ShortConvFn", LookAheadShortConv)
+    op = operator()
+    assert short_conv_look_aheads(op) == [
+        "forward", "input gradient", "weight gradient", "no-grad in_proj + short conv, chunk 16777216",
+        f"no-grad in_proj + short conv, chunk {2 * op.in_proj.out_features * 3}"]
 
 
 @pytest.mark.parametrize("order", [2, 3])
