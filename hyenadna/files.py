@@ -13,13 +13,16 @@ write on a full disk carries no file name of its own).
 from __future__ import annotations
 
 import errno
+import gzip
+import io
 import os
 import shutil
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 
 def temporary_sibling(path: str | os.PathLike[str]) -> Path:
@@ -192,3 +195,26 @@ def describe_os_error(err: OSError, what: str | os.PathLike[str] | None = None) 
     else:
         reason = err.strerror or str(err)
     return f"{where}: {reason}" if where else reason
+
+
+@contextmanager
+def open_text(path: str | os.PathLike[str]) -> Iterator[TextIO]:
+    """Open plain or gzip/bgzip text by content, not by name; a damaged gzip stream is a ValueError naming `path`.
+
+    The stream is only decompressed as it is read, so the check wraps the reading done inside
+    the ``with`` block (a truncated file fails at its end, after records were already read).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"\x1f\x8b":
+        with open(path, encoding="utf-8", errors="replace") as text:
+            yield text
+        return
+    with io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace") as text:
+        try:
+            yield text
+        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise ValueError(f"{path}: truncated or corrupt gzip file ({err})") from None

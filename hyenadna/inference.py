@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import csv
 import errno
-import gzip
 import io
 import math
 import os
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
@@ -34,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyenadna.files import atomic_outputs, atomic_write, naming_os_errors
+from hyenadna.files import atomic_outputs, atomic_write, naming_os_errors, open_text
 from hyenadna.model import HyenaDNAForCausalLM, HyenaDNAForSequenceClassification, HyenaDNAModel, fftconv
 from hyenadna.tokenizer import CharTokenizer
 
@@ -47,34 +45,12 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # --------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _open_text(path: Path) -> Iterator[TextIO]:
-    """Open plain or gzip/bgzip text by content, not by name; a damaged gzip stream is a ValueError naming `path`.
-
-    The stream is only decompressed as it is read, so the check wraps the reading done inside
-    the ``with`` block (a truncated file fails at its end, after records were already read).
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic != b"\x1f\x8b":
-        with open(path, encoding="utf-8", errors="replace") as text:
-            yield text
-        return
-    with io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace") as text:
-        try:
-            yield text
-        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-            raise ValueError(f"{path}: truncated or corrupt gzip file ({err})") from None
-
-
 def read_fasta(path: str | Path) -> Iterator[Record]:
     """Stream (name, sequence) records of a (gzipped) FASTA file; lines are joined, case kept."""
     path = Path(path)
     name: str | None = None
     chunks: list[str] = []
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             line = line.strip()
             if not line or line.startswith(";"):
@@ -94,7 +70,7 @@ def read_fasta(path: str | Path) -> Iterator[Record]:
 def read_csv_sequences(path: str | Path, seq_column: str = "sequence", id_column: str | None = None) -> Iterator[Record]:
     """Stream records of a CSV/TSV (delimiter sniffed from the header) with a sequence column."""
     path = Path(path)
-    with _open_text(path) as f:
+    with open_text(path) as f:
         header = f.readline()
         delimiter = "\t" if header.count("\t") > header.count(",") else ","
         cols = next(csv.reader([header], delimiter=delimiter), [])
@@ -119,7 +95,7 @@ def read_bed_sequences(bed: str | Path, fasta: str | Path) -> Iterator[Record]:
 
     bed = Path(bed)
     genome = Genome(fasta)
-    with _open_text(bed) as f:
+    with open_text(bed) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip() or line.startswith(("#", "track", "browser")):
                 continue
@@ -523,7 +499,7 @@ _BASES = set("ACGT")
 def read_vcf(path: str | Path) -> Iterator[tuple[Variant | None, int, str | None]]:
     """Stream (variant, line, skip reason) per ALT allele; reason is None for a usable SNV."""
     path = Path(path)
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             if line.startswith("#") or not line.strip():
                 continue

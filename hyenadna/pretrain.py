@@ -27,7 +27,6 @@ from hyenadna.lm import CausalLMModule, check_same_architecture
 from hyenadna.model import Block, HyenaConfig, count_parameters
 from hyenadna.pretrain_data import PretrainDataModule
 from hyenadna.run import (
-    RunCheckpoint,
     RunInterrupted,
     build,
     build_loggers,

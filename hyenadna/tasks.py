@@ -20,7 +20,6 @@ a ValueError naming the file and line before any training starts.
 from __future__ import annotations
 
 import csv
-import gzip
 import math
 import random
 from collections import Counter
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hyenadna.files import open_text
 from hyenadna.tokenizer import CharTokenizer
 
 TaskFormat = Literal["auto", "genomic_benchmarks", "table", "fasta", "bed"]
@@ -91,10 +91,6 @@ class TaskData:
 # ------------------------------------------------------------------------------------------
 
 Record = tuple[str, tuple[str, ...], str]  # sequence, raw label column values, "file:line"
-
-
-def _open_text(path: Path):  # type: ignore[no-untyped-def]
-    return gzip.open(path, "rt") if path.name.endswith(".gz") else open(path, encoding="utf-8")
 
 
 def _find_split_file(root: Path, split: str, exts: tuple[str, ...]) -> Path | None:
@@ -159,7 +155,7 @@ def read_table_split(path: Path, sequence_column: str, label_columns: list[str])
 def iter_fasta(path: Path) -> Iterator[tuple[str, str, int]]:
     """(record name, sequence, header line number) of each FASTA record."""
     name, chunks, line_no = None, [], 0
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             line = line.strip()
             if line.startswith(">"):

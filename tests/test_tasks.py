@@ -240,3 +240,15 @@ def test_mean_pooling_ignores_padding_on_both_sides() -> None:
     assert torch.allclose(pooled[1], hidden[1].mean(0))
     assert torch.equal(pool_hidden(garbage, "last", mask)[0], hidden[0, 4])
     assert torch.equal(pool_hidden(garbage, "first", mask)[0], hidden[0, 2])
+
+
+def test_a_truncated_gzip_fasta_task_file_is_one_error_naming_it(tmp_path: Path) -> None:
+    import gzip
+
+    from hyenadna.tasks import iter_fasta
+
+    data = gzip.compress("".join(f">r{i}|a\n{'ACGT' * 50}\n" for i in range(200)).encode())
+    path = tmp_path / "train.fa.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"{path}: truncated or corrupt gzip file"):
+        list(iter_fasta(path))
