@@ -228,10 +228,13 @@ def save_config(cfg: DictConfig, out: Path, resolve: bool) -> None:
 
 
 def read_metrics(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """(header, rows) of a metrics.csv."""
+    """(header, rows) of a metrics.csv, without a last row cut short by a kill (no newline)."""
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames or []), list(reader)
+        text = f.read()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # rows are appended whole; a killed append leaves a partial one
+    reader = csv.DictReader(io.StringIO(text))
+    return list(reader.fieldnames or []), list(reader)
 
 
 def write_metrics(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:

@@ -217,6 +217,14 @@ def test_carry_metrics_keeps_rows_before_the_checkpoint(tmp_path: Path) -> None:
     assert src.read_text().splitlines() == ["epoch,step,train/loss,val/loss", "0,0,2.5,", "0,1,2.4,", "0,1,,2.3"]
 
 
+def test_a_row_cut_short_by_a_kill_is_dropped(tmp_path: Path) -> None:
+    """kill -9 during an append leaves a partial last row: '1,3' of '1,31,2.1,' would read as step 3."""
+    src = tmp_path / "metrics.csv"
+    src.write_text("epoch,step,train/loss,val/loss\n0,0,2.5,\n0,1,2.4,\n1,3")
+    assert carry_metrics(src, src, before_step=10) == 2
+    assert src.read_text().splitlines() == ["epoch,step,train/loss,val/loss", "0,0,2.5,", "0,1,2.4,"]
+
+
 # -- 4. `_target_` by exact name ---------------------------------------------------------------
 
 
