@@ -35,7 +35,8 @@ import time
 
 import torch
 
-from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM, fft_size
+from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
+from hyenadna.ops import fft_size
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring, datasheet values.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,

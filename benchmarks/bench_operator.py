@@ -28,7 +28,7 @@ from common import add_memory_flags, apply_memory_flags, build_operator, interle
 from torch import Tensor, nn
 
 from hyenadna.model import HyenaFilter, HyenaOperator
-from hyenadna.runtime import buffers
+from hyenadna.ops.buffers import buffer_pool
 
 
 def baseline_fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
@@ -137,11 +137,11 @@ def main() -> None:
         grad = torch.randn(1, seqlen, d)
         impls = {"ours": op} if args.no_long_baseline else {"baseline": lambda x: baseline_operator(op, x), "ours": op}
         # One implementation after the other, not in turns: ours keeps its large buffers for the
-        # next step (hyenadna.runtime.BufferPool), which at 1M would sit idle beside the
+        # next step (hyenadna.ops.buffers.BufferPool), which at 1M would sit idle beside the
         # baseline's own gigabytes; they are released before each implementation's runs.
         fwd, t = {}, {}
         for k, f in impls.items():
-            buffers.release()
+            buffer_pool.release()
             with torch.no_grad():
                 fwd[k] = interleaved({k: lambda f=f: f(u)}, args.long_repeats, warmup=0)[k]
             t[k] = interleaved({k: fwd_bwd(f, op, u, grad)}, args.long_repeats, warmup=0)[k]

@@ -13,7 +13,7 @@ and prints per step: wall clock, user and sys CPU seconds, minor page faults (ge
 process's peak RSS. Every large tensor is a fresh mmap that the kernel faults in and zeroes: 2 MB
 at a time with huge pages (the default here and in train.py), 4 KB at a time with
 --no-huge-pages. The model's Functions reuse their large buffers across steps unless
---no-buffer-reuse (hyenadna.runtime.BufferPool); --keep-freed-memory applies
+--no-buffer-reuse (hyenadna.ops.buffers.BufferPool); --keep-freed-memory applies
 hyenadna.runtime.keep_freed_memory first, so every freed block is reused. --count-allocations
 adds one profiled step (torch.profiler, profile_memory) and prints how much memory it allocated
 afresh, also in units of one (D, L) fp32 tensor: the volume the kernel has to map and zero when

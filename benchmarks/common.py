@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from hyenadna import model as hyenadna_model
-from hyenadna.runtime import buffers, huge_pages_state, keep_freed_memory, use_huge_pages
+from hyenadna.ops.buffers import buffer_pool
+from hyenadna.runtime import huge_pages_state, keep_freed_memory, use_huge_pages
 
 
 def machine() -> str:
@@ -76,7 +77,7 @@ def add_memory_flags(p: argparse.ArgumentParser) -> None:
                         "sequences stop paying the kernel to fault in and zero fresh pages every step")
     p.add_argument("--no-buffer-reuse", action="store_true",
                    help="the model's large CPU buffers are allocated fresh at every step (the default reuses "
-                        "them across steps: hyenadna.runtime.BufferPool, cpu_reuse_buffers in the configs)")
+                        "them across steps: hyenadna.ops.buffers.BufferPool, cpu_reuse_buffers in the configs)")
 
 
 def apply_memory_flags(args: argparse.Namespace) -> str:
@@ -88,7 +89,7 @@ def apply_memory_flags(args: argparse.Namespace) -> str:
         raise SystemExit(f"huge pages requested but off: {why} (--no-huge-pages to run without)")
     if args.keep_freed_memory and (why := keep_freed_memory()):
         raise SystemExit(f"--keep-freed-memory: {why}")
-    buffers.enable(not args.no_buffer_reuse)
+    buffer_pool.enable(not args.no_buffer_reuse)
     return (f"huge pages {'on' if on else 'off'}; "
             f"freed memory {'kept for reuse' if args.keep_freed_memory else 'returned (default)'}; "
-            f"model buffers {'reused' if buffers.enabled else 'fresh each step'}")
+            f"model buffers {'reused' if buffer_pool.enabled else 'fresh each step'}")

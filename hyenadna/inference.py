@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyenadna.files import atomic_outputs, atomic_write, naming_os_errors, open_text
-from hyenadna.model import HyenaDNAForCausalLM, HyenaDNAForSequenceClassification, HyenaDNAModel, fftconv
+from hyenadna.model import HyenaDNAForCausalLM, HyenaDNAForSequenceClassification, HyenaDNAModel
+from hyenadna.ops import fftconv
 from hyenadna.tokenizer import CharTokenizer
 
 Record = tuple[str, str]  # (name, sequence)

@@ -15,7 +15,6 @@ Shape legend:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -26,7 +25,25 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from hyenadna.runtime import buffers
+from hyenadna.ops import (
+    fft_size,
+    fftconv,
+    fftconv_inference,
+    gated_fftconv,
+    hooked,
+    implicit_filter,
+    linear_channels_first,
+    linear_channels_last,
+    shortconv,
+)
+from hyenadna.ops.common import (
+    DECAY_CACHE_MAX_BYTES,
+    INFERENCE_CHUNK_ELEMENTS,
+    INFERENCE_CHUNK_POSITIONS,
+    INFERENCE_CHUNK_TOKENS,
+    SPECTRUM_CACHE_MAX_BYTES,
+    autocast_off,
+)
 
 # --------------------------------------------------------------------------------------------
 # Config
@@ -158,345 +175,6 @@ class HyenaOutput:
 
 
 # --------------------------------------------------------------------------------------------
-# FFT long convolution, and the slow reference it must equal
-# --------------------------------------------------------------------------------------------
-
-
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
-    """A region that computes in the tensors' own dtypes: autocast disabled where it is on (a
-    no-op context otherwise, cheaper than entering a disabled autocast on every call)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def fft_size(seqlen: int) -> int:
-    """Smallest 2^a 3^b 5^c >= 2L - 1: any zero-padded length >= 2L - 1 makes the circular
-    convolution of two length-L signals an exact linear one, and 5-smooth sizes are the ones the
-    FFT libraries run fastest (2L itself is 5-smooth only when L is)."""
-    target = 2 * seqlen - 1
-    best = 1 << (target - 1).bit_length()
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            p = p35
-            while p < target:
-                p *= 2
-            best = min(best, p)
-            p35 *= 3
-        p5 *= 5
-    return best
-
-
-def _input_gradient(g: Tensor, g_f: Tensor, kc_f: Tensor, bias: Tensor, n: int) -> Tensor:
-    """Gradient of a causal FFT conv y = k * u + bias u with respect to u, from the output
-    gradient g (..., D, L), its spectrum g_f and the filter's conjugated spectrum kc_f: the
-    correlation sum_t g_t k_{t-s} plus the skip term."""
-    return torch.addcmul(torch.fft.irfft(g_f * kc_f, n=n)[..., :g.shape[-1]], g, bias.unsqueeze(-1))
-
-
-def _filter_and_bias_gradients(g_f: Tensor, uc_f: Tensor, n: int, filter_len: int, need_filter: bool,
-                                need_bias: bool) -> tuple[Tensor | None, Tensor | None]:
-    """Gradients of a causal FFT conv y = k * u + bias u with respect to the filter (D, filter_len)
-    and the bias (D,), from the spectrum of the output gradient g and the conjugated spectrum of the
-    input u (..., D, n // 2 + 1).
-
-    Both come from one product spectrum g_f uc_f, summed over every leading (batch) axis in
-    frequency: its inverse transform is the correlation sum_t g_t u_{t-s}, which is the filter
-    gradient at lag s and, at lag 0, the bias gradient sum_t g_t u_t. Without the filter gradient
-    the bias gradient is the spectrum's Parseval sum. No (B, D, L) product is formed in the time
-    domain. Overwrites g_f.
-    """
-    p = g_f.mul_(uc_f).reshape(-1, *g_f.shape[-2:])
-    p = p[0] if p.shape[0] == 1 else torch.sum(p, 0, out=_empty(p.shape[1:], p.dtype, p.device))
-    if not need_filter:
-        return None, _parseval_sum(p, n) if need_bias else None
-    corr = torch.fft.irfft(p, n=n)
-    return corr[..., :filter_len], corr[..., 0].clone() if need_bias else None
-
-
-def _conj_in_place(*spectra: Tensor) -> None:
-    """Conjugate spectra in place, for the correlations of backward. A product with a lazily
-    conjugated tensor (x * y.conj()) resolves the conjugate into a fresh copy first, which made
-    that product about four times a plain one on CPU; the in-place pass allocates nothing."""
-    for x in spectra:
-        x.conj_physical_()
-
-
-def _parseval_sum(p: Tensor, n: int) -> Tensor:
-    """sum_t a_t b_t of two real length-n signals from the half spectrum p = rfft(a) conj(rfft(b))
-    (..., n // 2 + 1): the full spectrum's sum over n, where the bins other than 0 (and n/2, for
-    even n) stand for themselves and their mirror image."""
-    re = p.real
-    total = 2 * re.sum(-1) - re[..., 0]
-    if n % 2 == 0:
-        total = total - re[..., -1]
-    return total / n
-
-
-class _FFTConvFn(torch.autograd.Function):
-    """fp32 FFT long convolution with a hand-written backward.
-
-    Autograd through rfft/irfft would differentiate the zero padding and run full complex
-    transforms; here backward is two real transforms per signal (the correlations with k and
-    with u) plus one for the filter gradient, whose batch sum is taken in the frequency domain.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, u: Tensor, k: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        seqlen = u.shape[-1]
-        n = fft_size(seqlen)
-        k_f = torch.fft.rfft(k, n=n)
-        u_f = torch.fft.rfft(u, n=n)
-        y = torch.fft.irfft(u_f * k_f, n=n)[..., :seqlen]
-        _conj_in_place(u_f, k_f)
-        ctx.save_for_backward(u, u_f, k_f, bias)  # both spectra conjugated
-        ctx.n = n
-        return torch.addcmul(y, u, bias.unsqueeze(-1))
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        u, uc_f, kc_f, bias = ctx.saved_tensors
-        n, seqlen = ctx.n, u.shape[-1]
-        grad_y = grad_y.contiguous()
-        g_f = torch.fft.rfft(grad_y, n=n)
-        grad_u = grad_k = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_u = _input_gradient(grad_y, g_f, kc_f, bias, n)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_k, grad_bias = _filter_and_bias_gradients(g_f, uc_f, n, seqlen, *ctx.needs_input_grad[1:3])
-        return grad_u, grad_k, grad_bias
-
-
-class _GatedFFTConvFn(torch.autograd.Function):
-    """The order-2 Hyena core on the short-conv output x = [x0; x1; v] (B, 3D, L), fp32:
-    y = x0 * (k * z + bias z) with z = x1 v and * the causal long convolution.
-
-    One node instead of gate, FFT conv, gate: backward writes the three input gradients straight
-    into one (B, 3D, L) buffer (autograd would concatenate them after the split), and the gated
-    product z is not stored (its spectrum is). The skip term bias z is the convolution's tap at lag
-    0, so it is folded into the filter's spectrum (a unit impulse transforms to 1 in every bin):
-    no time-domain pass for it either way, and the bias gradient is the filter gradient at lag 0.
-    The two gated products the transforms take (z forward, the conv output's gradient backward)
-    are written into zero-padded buffers (no padding copy inside rfft) whose rows hold n // 2 + 1
-    complex values, so the spectrum product that follows each transform overwrites the buffer
-    instead of taking a fresh one.
-
-    k is the filter (D, L) or, to spare rfft its padding copy, the filter already zero-padded to
-    (D, fft_size(L)) (`HyenaFilter.filter(L, padded_to=n)`). For a padded k the gradient covers all
-    n entries, the pad's too (circular correlations that nothing upstream reads: the pad is
-    constant zeros).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, k: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        # x stays in its own dtype (bf16 under autocast: no fp32 copy is stored); k, bias, the
-        # gated product, the transforms and the output are fp32.
-        d, seqlen = x.shape[1] // 3, x.shape[-1]
-        x0, x1, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
-        n = fft_size(seqlen)
-        if k.shape[-1] not in (seqlen, n):
-            raise ValueError(f"filter length {k.shape[-1]} is neither the input length {seqlen} nor its FFT size {n}")
-        k_f = torch.fft.rfft(k, n=n).add_(bias.unsqueeze(-1))  # + the skip tap
-        buf = _padded_product(v.float(), x1, n)
-        z_f = torch.fft.rfft(buf[..., :n])
-        q = torch.mul(z_f, k_f, out=_as_spectrum(buf, n))  # z itself is no longer needed
-        c = _empty(x0.shape, torch.float32, x.device).copy_(torch.fft.irfft(q, n=n)[..., :seqlen])
-        del buf, q
-        _conj_in_place(z_f, k_f)
-        ctx.save_for_backward(x, z_f, k_f, c)  # both spectra conjugated
-        ctx.n, ctx.filter_len = n, k.shape[-1]
-        return torch.mul(c, x0, out=_empty(x0.shape, torch.float32, x.device))
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        x, zc_f, kc_f, c = ctx.saved_tensors
-        n, seqlen, d = ctx.n, x.shape[-1], x.shape[1] // 3
-        x0, x1, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
-        buf = _padded_product(grad_y, x0, n)  # the gradient of the conv output c
-        gc_f = torch.fft.rfft(buf[..., :n])
-        grad_x = grad_k = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _empty(x.shape, x.dtype, x.device)
-            torch.mul(grad_y, c, out=grad_x[:, :d])
-            # The correlation with the filter, skip tap included, over the spent gradient buffer.
-            grad_z = torch.fft.irfft(torch.mul(gc_f, kc_f, out=_as_spectrum(buf, n)), n=n)[..., :seqlen]
-            torch.mul(grad_z, v, out=grad_x[:, d:2 * d])
-            torch.mul(grad_z, x1, out=grad_x[:, 2 * d:])
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_k, grad_bias = _filter_and_bias_gradients(gc_f, zc_f, n, ctx.filter_len, *ctx.needs_input_grad[1:3])
-        return grad_x, grad_k, grad_bias
-
-
-def _padded_product(a: Tensor, b: Tensor, n: int) -> Tensor:
-    """a * b (B, C, L) in fp32, written into the first L positions of zero-padded rows: -> the
-    buffer (B, C, 2 (n // 2 + 1)), whose first n columns are the rfft input of size n and which
-    `_as_spectrum` reuses for an (n // 2 + 1)-bin spectrum once that input is spent."""
-    *lead, seqlen = a.shape
-    buf = _empty((*lead, 2 * (n // 2 + 1)), torch.float32, a.device)
-    buf[..., seqlen:].zero_()
-    torch.mul(a, b, out=buf[..., :seqlen])
-    return buf
-
-
-def _empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """torch.empty for the Functions' large activations and gradients: on CPU, a storage kept from
-    an earlier step when one of that size is free (`hyenadna.runtime.BufferPool`), so the kernel
-    does not fault in and zero gigabytes of fresh pages at every step of a long sequence."""
-    return buffers.empty(tuple(shape), dtype, device)
-
-
-def _as_spectrum(buf: Tensor, n: int) -> Tensor:
-    """A `_padded_product` buffer viewed as a complex (B, C, n // 2 + 1) spectrum."""
-    return torch.view_as_complex(buf.view(*buf.shape[:-1], n // 2 + 1, 2))
-
-
-def gated_fftconv(x: Tensor, k: Tensor, bias: Tensor) -> Tensor:
-    """Order-2 Hyena core x0 * fftconv(x1 * v, k, bias) for x = [x0; x1; v] (B, 3D, L), k (D, L)
-    or zero-padded to (D, fft_size(L)), bias (D,) -> (B, D, L) in x's dtype; gating and transform
-    run in fp32 (see `fftconv`), x's gradient comes back in x's dtype."""
-    with _autocast_off(x.device.type):
-        y = _GatedFFTConvFn.apply(x, k.float(), bias.float())
-    return y.to(x.dtype)
-
-
-def _shifted_taps(x: Tensor, taps: Tensor, bias: Tensor | None = None, reverse: bool = False,
-                  out: Tensor | None = None) -> Tensor:
-    """sum_j taps[:, j] * x shifted right by k-1-j (left, i.e. looking ahead, if reverse) + bias.
-
-    x: (B, C, L), taps: (C, k), bias: (C, 1) or None. One multiply-add pass per tap over slices,
-    with no padded copy. The first tap is a plain multiply and the bias is added last, in place:
-    an out-of-place addcmul with a broadcast (C, 1) first operand is much slower on CPU. `out`:
-    a (B, C, L) buffer to write the result into.
-    """
-    k, seqlen = taps.shape[-1], x.shape[-1]
-    y = torch.mul(x, taps[:, k - 1:k], out=out)
-    for lag in range(1, min(k, seqlen)):
-        w = taps[:, k - 1 - lag:k - lag]
-        if reverse:
-            y[..., :seqlen - lag].addcmul_(x[..., lag:], w)
-        else:
-            y[..., lag:].addcmul_(x[..., :seqlen - lag], w)
-    return y if bias is None else y.add_(bias)
-
-
-_SHORT_CONV_PRODUCT_ELEMENTS = 1 << 24  # the short-conv weight gradient's product buffer (64 MB fp32)
-
-
-class _ShortConvFn(torch.autograd.Function):
-    """Causal depthwise convolution y_t = b + sum_j w_j x_{t-k+1+j} as k shifted multiply-adds.
-
-    Same result as the module's `nn.Conv1d` (padding k-1, first L outputs), several times faster
-    on CPU than oneDNN's depthwise kernel at k = 3, whose backward was the largest single op of
-    the operator at 1k in the profile. The input gradient is the same sum looking ahead; the
-    weight gradient is k dot products per channel.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, weight)
-        ctx.param_dtypes = (weight.dtype, bias.dtype)
-        # In x's dtype, as nn.Conv1d under autocast: bf16 activations stay bf16, not promoted to fp32.
-        return _shifted_taps(x, weight[:, 0].to(x.dtype), bias.to(x.dtype).unsqueeze(-1),
-                             out=_empty(x.shape, x.dtype, x.device))
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        taps, seqlen = weight.shape[-1], x.shape[-1]
-        grad_x = grad_w = grad_b = None
-        w_dtype, b_dtype = ctx.param_dtypes
-        acc = torch.promote_types(grad_y.dtype, torch.float32)  # sums of B x L terms: at least fp32
-        prod_dtype = torch.promote_types(grad_y.dtype, x.dtype)
-        # The input gradient's buffer, when it has the products' dtype, first holds them.
-        grad_x_buf = (_empty(x.shape, x.dtype, x.device) if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
-                      and x.dtype == grad_y.dtype == prod_dtype else None)
-        if ctx.needs_input_grad[1]:
-            # sum_t grad_y_t x_{t - lag} per channel (tap j multiplies x_{t - lag}), summed in at
-            # least fp32. The products go through one buffer shared by the taps (each fills a
-            # prefix): the input gradient's, before it is computed, else one over channel chunks
-            # of at most `_SHORT_CONV_PRODUCT_ELEMENTS` values (a bounded 64 MB at 1M tokens).
-            batch, channels = x.shape[:2]
-            if grad_x_buf is not None:
-                step, prod = channels, grad_x_buf
-            else:
-                step = max(1, _SHORT_CONV_PRODUCT_ELEMENTS // (batch * seqlen))
-                prod = torch.empty((batch, min(step, channels), seqlen), dtype=prod_dtype, device=x.device)
-            grad_w = grad_y.new_zeros((channels, taps), dtype=acc)
-            for c0 in range(0, channels, step):
-                c1 = min(c0 + step, channels)
-                for j in range(max(0, taps - seqlen), taps):
-                    lag = taps - 1 - j
-                    p = torch.mul(grad_y[:, c0:c1, lag:], x[:, c0:c1, :seqlen - lag], out=prod[:, :c1 - c0, :seqlen - lag])
-                    grad_w[c0:c1, j] = p.sum((0, 2), dtype=acc)
-            grad_w = grad_w.unsqueeze(1).to(w_dtype)
-        if ctx.needs_input_grad[0]:
-            out = grad_x_buf if grad_x_buf is not None else _empty(grad_y.shape, grad_y.dtype, grad_y.device)
-            grad_x = _shifted_taps(grad_y, weight[:, 0].to(grad_y.dtype), reverse=True, out=out).to(x.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_b = grad_y.sum((0, 2), dtype=acc).to(b_dtype)
-        return grad_x, grad_w, grad_b
-
-
-def fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
-    """Causal long convolution y_t = sum_{s<=t} k_s u_{t-s} + bias * u_t, via FFT.
-
-    u: (B, D, L), k: (D, L), bias: (D,) -> (B, D, L) in u's dtype. Zero-padding to
-    `fft_size(L)` >= 2L - 1 makes the circular FFT convolution an exact linear one for any L.
-    The transform runs in fp32 even under bf16/fp16 autocast: half-precision FFTs lose too many
-    bits over long sequences.
-    """
-    with _autocast_off(u.device.type):
-        y = _FFTConvFn.apply(u.float(), k.float(), bias.float())
-    return y.to(u.dtype)
-
-
-def fftconv_inference(u: Tensor, bias: Tensor, k: Tensor | None = None, k_f: Tensor | None = None,
-                      max_elements: int = 1 << 24) -> Tensor:
-    """`fftconv` without autograd, in channel chunks of at most `max_elements` padded values.
-
-    Give the filter k (D, L), or its spectrum k_f = rfft(k, fft_size(L)) (D, n // 2 + 1) when it
-    is cached. A 1M-token forward then never holds a whole (B, D, n) or (D, n) spectrum; channels
-    are independent, so the result is the same as one chunk.
-    """
-    seqlen, d = u.shape[-1], u.shape[-2]
-    n = fft_size(seqlen)
-    if (k is None) == (k_f is None):
-        raise ValueError("fftconv_inference needs exactly one of k (the filter) and k_f (its spectrum)")
-    if k is not None and k.shape != (d, seqlen):
-        raise ValueError(f"filter has shape {tuple(k.shape)}, expected {(d, seqlen)}")
-    if k_f is not None and k_f.shape != (d, n // 2 + 1):
-        raise ValueError(f"filter spectrum has shape {tuple(k_f.shape)}, expected {(d, n // 2 + 1)} for L={seqlen}")
-    batch = u.numel() // (d * seqlen)
-    step = max(1, max_elements // max(1, batch * n))
-
-    def channels(c0: int, c1: int) -> Tensor:
-        kc = torch.fft.rfft(k[c0:c1].float(), n=n) if k is not None else k_f[c0:c1]
-        uc = u[..., c0:c1, :].float()
-        yc = torch.fft.irfft(torch.fft.rfft(uc, n=n) * kc, n=n)[..., :seqlen]
-        return torch.addcmul(yc, uc, bias[c0:c1].float().unsqueeze(-1))
-
-    with _autocast_off(u.device.type):
-        if step >= d:  # one chunk: no copy into an output buffer
-            return channels(0, d).to(u.dtype)
-        y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
-        for c in range(0, d, step):
-            y[..., c:c + step, :] = channels(c, c + step)
-    return y.to(u.dtype)
-
-
-def fftconv_ref(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
-    """O(L^2) direct causal convolution; same contract as `fftconv`, for tests only."""
-    seqlen = u.shape[-1]
-    idx = torch.arange(seqlen, device=u.device)
-    lag = idx[:, None] - idx[None, :]  # (L_out, L_in): t - s
-    toeplitz = k.float()[:, lag.clamp(min=0)] * (lag >= 0)  # (D, L, L)
-    y = torch.einsum("dts,bds->bdt", toeplitz, u.float()) + u.float() * bias.float().unsqueeze(-1)
-    return y.to(u.dtype)
-
-
-# --------------------------------------------------------------------------------------------
 # Implicit filter: positional features -> sine MLP -> exponential decay
 # --------------------------------------------------------------------------------------------
 
@@ -561,7 +239,7 @@ class ExponentialModulation(nn.Module):
         # when they or the rates change. Decays larger than this are not kept (they cost far
         # less than the rest of a step at those lengths).
         self._decay_cache: tuple[tuple[Any, ...], Tensor] | None = None
-        self.decay_cache_max_bytes = 1 << 24
+        self.decay_cache_max_bytes = DECAY_CACHE_MAX_BYTES
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         super()._apply(fn, recurse)
@@ -633,8 +311,8 @@ class HyenaFilter(nn.Module):
         self._spectrum_cache: tuple[tuple[Any, ...], Tensor] | None = None
         # Spectra larger than this are not kept (complex64 (D, n/2+1): 1 GB per layer at D=128,
         # L=1M), where the filter MLP is a small share of a forward pass anyway.
-        self.spectrum_cache_max_bytes = 1 << 28
-        self.inference_chunk_positions = 1 << 16  # filter positions per slice without grad
+        self.spectrum_cache_max_bytes = SPECTRUM_CACHE_MAX_BYTES
+        self.inference_chunk_positions = INFERENCE_CHUNK_POSITIONS
 
     def train(self, mode: bool = True) -> HyenaFilter:
         """Switch mode; any cached spectrum is dropped (training will change the parameters)."""
@@ -671,7 +349,7 @@ class HyenaFilter(nn.Module):
         slices (the MLP and the decay are per position), so the (L, F) hidden activations of a
         1M-long filter never exist whole.
         """
-        with _autocast_off(self.bias.device.type):
+        with autocast_off(self.bias.device.type):
             z, t = self.pos_emb(seqlen)
             z, t = z[0].to(self.bias.dtype), t[:, :, 0]  # (L, E), (1, L)
             if padded_to is not None and padded_to < seqlen:
@@ -690,7 +368,7 @@ class HyenaFilter(nn.Module):
         (D, padded_to))."""
         parts = self._fusable_parts()
         if parts is not None:
-            return _ImplicitFilterFn.apply(z, self.modulation.decay(t), padded_to, *parts)
+            return implicit_filter(z, self.modulation.decay(t), parts[0], parts[1], parts[2:], padded_to)
         hidden = self.implicit_filter[:-1](z)  # (L, F)
         h = self.modulation(t, (self.implicit_filter[-1].weight @ hidden.mT).float())  # (D, L)
         return h if padded_to is None else F.pad(h, (0, padded_to - h.shape[-1]))
@@ -698,7 +376,7 @@ class HyenaFilter(nn.Module):
     def _fusable_parts(self) -> tuple[Tensor, ...] | None:
         """(freq, W_out, W_0, b_0, W_1, b_1, ...) when the filter MLP is the fp32 chain this module
         builds (plain Linear layers, one shared Sin, a bias-free last layer) and nothing hooks into
-        it, so `_ImplicitFilterFn` computes exactly what the modules would; None otherwise
+        it, so `hyenadna.ops.implicit_filter` computes exactly what the modules would; None otherwise
         (adapters, hooks, parametrizations, other dtypes: the module path, with autograd)."""
         layers = tuple(self.implicit_filter._modules.values())
         if layers != self._fusable_layers:  # the layout is checked once (again if a layer is swapped)
@@ -708,92 +386,12 @@ class HyenaFilter(nn.Module):
                   and all(type(m) is nn.Linear and m.bias is not None for m in linears))
             self._fusable_layers, self._fusable_ok = layers, ok
         if (not self._fusable_ok or type(self.modulation) is not ExponentialModulation
-                or any(map(_hooked, layers)) or _hooked(self.implicit_filter) or _hooked(self.modulation)):
+                or any(map(hooked, layers)) or hooked(self.implicit_filter) or hooked(self.modulation)):
             return None
         act, last = layers[1], layers[-1]
         parts = (act.freq, last.weight, *(p for m in layers[0:-1:2] for p in (m.weight, m.bias)))
         return parts if all(p.dtype == torch.float32 for p in parts) else None
 
-
-class _ImplicitFilterFn(torch.autograd.Function):
-    """The implicit filter of an fp32 `HyenaFilter` as one node with a hand-written backward:
-    p_i = f (W_i s_i + b_i), s_{i+1} = sin(p_i) from s_0 = z, then k = (W_out s_n^T) decay, (D, L),
-    optionally written into the front of a zero-padded (D, padded_to) buffer for the FFT.
-
-    Autograd through the modules runs about a dozen (L, F)-sized passes per MLP layer, and these
-    activations do not depend on the batch: at batch 1 and L = 1k the filter was a fifth of the
-    operator's step. Here the shared frequency f is folded into each layer's small weights, so a
-    layer is one GEMM and one sine forward, and one cosine, one product, two GEMMs and a column
-    sum backward. With dp_i the gradient of sin's argument, P_i = dp_i^T s_i and c_i = sum_t dp_i,
-    every parameter gradient is a small expression of those two:
-        dW_i = f^T P_i,  db_i = f c_i,  df = sum_i rowsum(W_i P_i) + b_i c_i,  ds_i = dp_i (f^T W_i),
-    the frequency's because sum_t dp_i (W_i s_i + b_i) = rowsum(W_i P_i) + b_i c_i. Per layer only
-    s_i and p_i are kept (autograd kept three (L, F) tensors), and the decay is applied in place.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, z: Tensor, decay: Tensor | None, padded_to: int | None, freq: Tensor,  # type: ignore[override]
-                w_out: Tensor, *linear: Tensor) -> Tensor:
-        f_col = freq.reshape(-1, 1)  # (F, 1): scales the rows of an (F, in) weight
-        s, saved = z, []
-        for w, b in zip(linear[0::2], linear[1::2]):
-            w_f = f_col * w
-            p = _empty((s.shape[0], w.shape[0]), s.dtype, s.device)
-            torch.addmm(b * freq, s, w_f.mT, out=p)  # (L, F) = f (s W^T + b)
-            saved += [s, p, w_f]
-            s = torch.sin(p, out=_empty(p.shape, p.dtype, p.device))
-        # (D, L): the FFT's layout, no transpose copy; with padded_to, written into the front of
-        # the zero-padded buffer the FFT reads.
-        seqlen = z.shape[0]
-        out = _empty((w_out.shape[0], padded_to or seqlen), s.dtype, s.device)
-        out[:, seqlen:].zero_()
-        k = torch.mm(w_out, s.mT, out=out[:, :seqlen])
-        if decay is not None:
-            k.mul_(decay)
-        ctx.has_decay = decay is not None
-        ctx.save_for_backward(decay if decay is not None else k.new_empty(0), freq, w_out, s, *linear, *saved)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_k: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        decay, freq, w_out, s, *rest = ctx.saved_tensors
-        grad_k = grad_k[:, :s.shape[0]]  # the pad is constant
-        layers = len(rest) // 5
-        linear, saved = rest[:2 * layers], rest[2 * layers:]
-        # Inputs: z, decay, padded_to, freq, w_out, then W_0, b_0, W_1, b_1, ...
-        need = ctx.needs_input_grad
-        need_z, need_freq, need_w_out, need_linear = need[0], need[3], need[4], need[5:]
-        f_row, f_col = freq.reshape(-1), freq.reshape(-1, 1)
-        grad_w_out = None
-        grad_linear: list[Tensor | None] = [None] * (2 * layers)
-        grad_freq = torch.zeros_like(f_row)
-        g = grad_k  # (D, L)
-        if ctx.has_decay:
-            g = torch.mul(grad_k, decay, out=_empty(grad_k.shape, grad_k.dtype, grad_k.device))
-        if need_w_out:
-            grad_w_out = torch.mm(g, s)
-        # Two (L, F) buffers for the whole chain: grad_s (overwritten by each layer's input
-        # gradient once read) and grad_p (each layer's cosine), not two fresh ones per layer.
-        grad_s = torch.mm(g.mT, w_out, out=_empty((g.shape[1], w_out.shape[1]), g.dtype, g.device))  # (L, F)
-        del g
-        grad_p = None
-        for i in reversed(range(layers)):
-            (w, b), (s_in, p, w_f) = linear[2 * i:2 * i + 2], saved[3 * i:3 * i + 3]
-            grad_p = torch.cos(p, out=_empty(p.shape, p.dtype, p.device) if grad_p is None else grad_p)
-            grad_p.mul_(grad_s)  # (L, F)
-            p_mat, p_sum = torch.mm(grad_p.mT, s_in), grad_p.sum(0)  # (F, in), (F,)
-            if need_linear[2 * i]:
-                grad_linear[2 * i] = f_col * p_mat
-            if need_linear[2 * i + 1]:
-                grad_linear[2 * i + 1] = f_row * p_sum
-            if need_freq:
-                grad_freq.add_(torch.linalg.vecdot(w, p_mat)).addcmul_(b, p_sum)
-            if i > 0:
-                grad_s = torch.mm(grad_p, w_f, out=grad_s)  # every hidden layer is (F, F)
-            elif need_z:
-                grad_s = torch.mm(grad_p, w_f)
-        return (grad_s if need_z else None, None, None, grad_freq.reshape(freq.shape) if need_freq else None,
-                grad_w_out, *grad_linear)
 
 # --------------------------------------------------------------------------------------------
 # Hyena operator
@@ -818,7 +416,7 @@ class HyenaOperator(nn.Module):
         self.dropout = nn.Dropout(dropout)
         # Without grad, the long conv runs in channel chunks of at most this many padded values
         # (fp32: 64 MB): bounded memory at 1M tokens, same result (channels are independent).
-        self.inference_chunk_elements = 1 << 24
+        self.inference_chunk_elements = INFERENCE_CHUNK_ELEMENTS
 
     def forward(self, u: Tensor) -> Tensor:
         """u (B, L, D) -> (B, L, D).
@@ -832,8 +430,8 @@ class HyenaOperator(nn.Module):
             raise ValueError(f"input length {seqlen} exceeds l_max={self.l_max}: the implicit filter is "
                              f"defined only up to l_max (build the model with a larger l_max)")
         if torch.is_grad_enabled():
-            x = _linear_channels_first(self.in_proj, u)  # (B, (O+1) D, L)
-            x = _ShortConvFn.apply(x, self.short_filter.weight, self.short_filter.bias)
+            x = linear_channels_first(self.in_proj, u)  # (B, (O+1) D, L)
+            x = shortconv(x, self.short_filter.weight, self.short_filter.bias)
         else:
             x = self._project_in_slices(u)
         *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
@@ -841,7 +439,7 @@ class HyenaOperator(nn.Module):
             # The filter and bias whole (a select would cost a zero-filled gradient copy), the
             # filter zero-padded to the FFT size by its own Function (no padding copy in rfft).
             k = self.filter_fn.filter(seqlen, padded_to=fft_size(seqlen))
-            return _linear_channels_last(self.out_proj, gated_fftconv(x, k, self.filter_fn.bias))
+            return linear_channels_last(self.out_proj, gated_fftconv(x, k, self.filter_fn.bias))
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
         if torch.is_grad_enabled():
             k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
@@ -862,9 +460,9 @@ class HyenaOperator(nn.Module):
                     v = fftconv_inference(v, bias[o], k=k[o], max_elements=self.inference_chunk_elements)
                 else:
                     v = fftconv_inference(v, bias[o], k_f=k_f[o], max_elements=self.inference_chunk_elements)
-            return _linear_channels_last(self.out_proj, v.mul_(gates[0]))  # v is ours: gate in place
+            return linear_channels_last(self.out_proj, v.mul_(gates[0]))  # v is ours: gate in place
         y = v * gates[0]
-        return _linear_channels_last(self.out_proj, y)
+        return linear_channels_last(self.out_proj, y)
 
     def _project_in_slices(self, u: Tensor) -> Tensor:
         """in_proj + short conv without grad, over slices of positions written into one
@@ -874,109 +472,18 @@ class HyenaOperator(nn.Module):
         taps = self.short_filter.weight.shape[-1]
         step = max(taps, self.inference_chunk_elements // (batch * self.in_proj.out_features))
         if step >= seqlen:  # one slice: no copy into an output buffer
-            return _ShortConvFn.apply(_linear_channels_first(self.in_proj, u), self.short_filter.weight,
+            return shortconv(linear_channels_first(self.in_proj, u), self.short_filter.weight,
                                       self.short_filter.bias)
         out: Tensor | None = None
         for s in range(0, seqlen, step):
             lo = max(0, s - (taps - 1))
-            x = _linear_channels_first(self.in_proj, u[:, lo:s + step])
-            x = _ShortConvFn.apply(x, self.short_filter.weight, self.short_filter.bias)[..., s - lo:]
+            x = linear_channels_first(self.in_proj, u[:, lo:s + step])
+            x = shortconv(x, self.short_filter.weight, self.short_filter.bias)[..., s - lo:]
             if out is None:
                 out = x.new_empty(batch, x.shape[1], seqlen)
             out[..., s:s + step] = x
         assert out is not None  # seqlen >= 1
         return out
-
-
-def _hooked(module: nn.Module) -> bool:
-    """True if anything hooks into the module's forward."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
-def _plain_linear(module: nn.Module) -> bool:
-    """True for an nn.Linear with no forward hooks: safe to apply as a raw GEMM on its weights."""
-    return type(module) is nn.Linear and not _hooked(module)
-
-
-def _linear_channels_first(linear: nn.Linear, u: Tensor) -> Tensor:
-    """linear(u) for u (B, L, D_in), returned as a contiguous (B, D_out, L): W @ u^T + b in one GEMM.
-
-    Any other module in the slot (an adapter wrapping the Linear, say), or a Linear with forward
-    hooks, is called as a module and transposed, so wrappers and hooks still see their input.
-    """
-    if not _plain_linear(linear):
-        return rearrange(linear(u), "b l d -> b d l").contiguous()
-    return _ProjectionFn.apply(u, linear.weight, linear.bias, True)
-
-
-def _linear_channels_last(linear: nn.Linear, y: Tensor) -> Tensor:
-    """linear(y^T) for y (B, D_in, L) channels first -> (B, L, D_out): y^T @ W^T + b in one GEMM."""
-    if not _plain_linear(linear):
-        return linear(rearrange(y, "b d l -> b l d"))
-    return _ProjectionFn.apply(y, linear.weight, linear.bias, False)
-
-
-class _ProjectionFn(torch.autograd.Function):
-    """A Linear layer that also swaps the layout: (B, L, D_in) -> (B, D_out, L) (`to_channels`),
-    or (B, D_in, L) -> (B, L, D_out). Every product is one batched GEMM that reads its operands
-    transposed where needed, forward and backward, so the input gradient comes back contiguous in
-    the input's own layout (autograd through a transposed view would hand the previous op a
-    transposed gradient, read element by element or copied). Under autocast it computes in the
-    autocast dtype, as nn.Linear does; gradients come back in each input's dtype.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, to_channels: bool) -> Tensor:  # type: ignore[override]
-        dev = x.device.type
-        dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
-                 else torch.promote_types(x.dtype, weight.dtype))
-        with _autocast_off(dev):
-            xc, w = x.to(dtype), weight.to(dtype)
-            b = None if bias is None else bias.to(dtype)
-            if to_channels:  # W (D_out, D_in) @ x^T (D_in, L) + b (D_out, 1)
-                left, right = w.expand(x.shape[0], -1, -1), xc.mT
-                b = None if b is None else b.unsqueeze(-1)
-            else:  # x^T (L, D_in) @ W^T (D_in, D_out) + b
-                left, right = xc.mT, w.mT.expand(x.shape[0], -1, -1)
-            out = _empty((x.shape[0], left.shape[1], right.shape[2]), dtype, x.device)
-            if b is None:
-                torch.bmm(left, right, out=out)
-            elif dtype in (torch.float32, torch.float64):
-                # GEMM, then the bias added in place: faster on CPU than baddbmm, which first
-                # fills the output with the broadcast bias.
-                torch.bmm(left, right, out=out).add_(b)
-            else:  # half precision: one rounding of GEMM + bias, as nn.Linear
-                torch.baddbmm(b, left, right, out=out)
-        ctx.save_for_backward(xc, w)
-        ctx.to_channels = to_channels
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        xc, w = ctx.saved_tensors
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
-        grad = grad.to(xc.dtype)
-        batch, acc = xc.shape[0], torch.promote_types(xc.dtype, torch.float32)  # sums in at least fp32
-        grad_x = grad_w = grad_b = None
-        with _autocast_off(xc.device.type):
-            if ctx.to_channels:  # grad (B, D_out, L)
-                if ctx.needs_input_grad[0]:  # (B, L, D_in)
-                    grad_x = torch.bmm(grad.mT, w.expand(batch, -1, -1),
-                                       out=_empty((batch, grad.shape[2], w.shape[1]), grad.dtype, grad.device)).to(x_dtype)
-                if ctx.needs_input_grad[1]:
-                    grad_w = torch.bmm(grad, xc).sum(0, dtype=acc).to(w_dtype)  # sum_b grad @ x
-                if ctx.needs_input_grad[2]:
-                    grad_b = grad.sum((0, 2), dtype=acc).to(b_dtype)
-            else:  # grad (B, L, D_out)
-                if ctx.needs_input_grad[0]:  # (B, D_in, L)
-                    grad_x = torch.bmm(w.mT.expand(batch, -1, -1), grad.mT,
-                                       out=_empty((batch, w.shape[1], grad.shape[1]), grad.dtype, grad.device)).to(x_dtype)
-                if ctx.needs_input_grad[1]:
-                    grad_w = torch.bmm(grad.mT, xc.mT).sum(0, dtype=acc).to(w_dtype)  # sum_b grad^T @ x^T
-                if ctx.needs_input_grad[2]:
-                    grad_b = grad.sum((0, 1), dtype=acc).to(b_dtype)
-        return grad_x, grad_w, grad_b, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1010,7 +517,7 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(resid_dropout)
         self.residual_in_fp32 = residual_in_fp32
         # Without grad, the MLP runs over at most this many tokens (batch x positions) at a time.
-        self.inference_chunk_tokens = 1 << 16
+        self.inference_chunk_tokens = INFERENCE_CHUNK_TOKENS
 
     def forward(self, residual: Tensor) -> Tensor:
         """residual (B, L, D) -> (B, L, D); kept in fp32 when residual_in_fp32."""

@@ -18,23 +18,21 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import hyenadna.model as model_module
-from hyenadna.runtime import BufferPool
-from hyenadna.model import (
-    HyenaConfig,
-    HyenaDNAForCausalLM,
-    HyenaFilter,
-    HyenaOperator,
-    _GatedFFTConvFn,
-    _linear_channels_first,
-    _linear_channels_last,
-    _parseval_sum,
-    _ShortConvFn,
+import hyenadna.ops.buffers as buffers_module
+from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM, HyenaFilter, HyenaOperator
+from hyenadna.ops import (
+    GatedFFTConvFn,
+    causal_conv_direct,
     fft_size,
     fftconv,
     fftconv_inference,
-    fftconv_ref,
     gated_fftconv,
+    linear_channels_first,
+    linear_channels_last,
+    parseval_sum,
+    shortconv,
 )
+from hyenadna.ops.buffers import BufferPool
 
 
 def make_operator(d: int = 16, l_max: int = 80, order: int = 2) -> HyenaOperator:
@@ -59,7 +57,7 @@ def reference_operator(op: HyenaOperator, u: torch.Tensor) -> torch.Tensor:
     k = rearrange(h, "1 l (o d) -> o d l", o=op.order - 1)
     bias = rearrange(f.bias, "(o d) -> o d", o=op.order - 1)
     for o, gate in enumerate(reversed(gates[1:])):
-        v = fftconv_ref(v * gate, k[o], bias[o])
+        v = causal_conv_direct(v * gate, k[o], bias[o])
     return op.out_proj(rearrange(v * gates[0], "b d l -> b l d"))
 
 
@@ -133,7 +131,7 @@ def test_fftconv_forward_and_backward_equal_direct_conv(seqlen: int) -> None:
     k = torch.randn(4, seqlen, requires_grad=True)
     bias = torch.randn(4, requires_grad=True)
     g = torch.randn(3, 4, seqlen)
-    y, y_ref = fftconv(u, k, bias), fftconv_ref(u, k, bias)
+    y, y_ref = fftconv(u, k, bias), causal_conv_direct(u, k, bias)
     tol = 1e-5 * math.sqrt(seqlen) * 4
     torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
     for got, want in zip(grads(y, g, [u, k, bias]), grads(y_ref, g, [u, k, bias])):
@@ -153,17 +151,16 @@ def test_fftconv_backward_passes_gradcheck() -> None:
 @pytest.mark.parametrize("product_elements", [1 << 24, 100])
 @pytest.mark.parametrize("seqlen", [1, 2, 3, 50])
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_short_conv_equals_conv1d_module(seqlen: int, product_elements: int, input_grad: bool, monkeypatch) -> None:
+def test_short_conv_equals_conv1d_module(seqlen: int, product_elements: int, input_grad: bool) -> None:
     """Values and gradients to fp64 precision. With the input gradient the weight gradient's
     products go through its buffer; without, through their own, where a small product buffer
     makes the weight gradient run over channel chunks (1 channel at a time at L = 50, batch 2)."""
-    monkeypatch.setattr(model_module, "_SHORT_CONV_PRODUCT_ELEMENTS", product_elements)
     torch.manual_seed(seqlen)
     conv = torch.nn.Conv1d(6, 6, kernel_size=3, groups=6, padding=2).double()
     x = torch.randn(2, 6, seqlen, dtype=torch.float64, requires_grad=input_grad)
     g = torch.randn(2, 6, seqlen, dtype=torch.float64)
     params = [x, conv.weight, conv.bias] if input_grad else [conv.weight, conv.bias]
-    y, y_ref = _ShortConvFn.apply(x, conv.weight, conv.bias), conv(x)[..., :seqlen]
+    y, y_ref = shortconv(x, conv.weight, conv.bias, product_elements), conv(x)[..., :seqlen]
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads(y, g, params), grads(y_ref, g, params)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -279,7 +276,7 @@ def test_bf16_autocast_stays_close_to_fp32() -> None:
         got = op(u)
     assert got.dtype == torch.bfloat16
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the short conv keeps bf16, as nn.Conv1d would
-        x = _ShortConvFn.apply(op.in_proj(u).mT, op.short_filter.weight, op.short_filter.bias)
+        x = shortconv(op.in_proj(u).mT, op.short_filter.weight, op.short_filter.bias)
     assert x.dtype == torch.bfloat16
     err = ((got.float() - want).norm() / want.norm()).item()
     assert err < 3e-2, err
@@ -458,7 +455,7 @@ def test_parseval_sum_of_half_spectrum_equals_time_domain_dot(n: int) -> None:
     torch.manual_seed(n)
     a, b = torch.randn(2, 3, n, dtype=torch.float64), torch.randn(2, 3, n, dtype=torch.float64)
     p = torch.fft.rfft(a) * torch.fft.rfft(b).conj()
-    torch.testing.assert_close(_parseval_sum(p, n), (a * b).sum(-1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(parseval_sum(p, n), (a * b).sum(-1), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("seqlen", [1, 5, 14, 64, 113, 1000])
@@ -472,9 +469,9 @@ def test_gated_fftconv_equals_gate_conv_gate(seqlen: int) -> None:
     k = torch.randn(d, seqlen, requires_grad=True)
     bias = torch.randn(d, requires_grad=True)
     g = torch.randn(3, d, seqlen)
-    y = _GatedFFTConvFn.apply(x, k, bias)
+    y = GatedFFTConvFn.apply(x, k, bias)
     x0, x1, v = x.split(d, dim=1)
-    y_ref = x0 * fftconv_ref(v * x1, k, bias)
+    y_ref = x0 * causal_conv_direct(v * x1, k, bias)
     tol = 1e-5 * max(1.0, math.sqrt(seqlen))  # fp32 sums of L terms, both sides
     torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
     for got, want in zip(grads(y, g, [x, k, bias]), grads(y_ref, g, [x, k, bias])):
@@ -540,9 +537,9 @@ def test_layout_swapping_projections_equal_linear_and_return_gradients_in_the_in
     B L products: two evaluations differ by at most 2 gamma_K times the terms' magnitude."""
     torch.manual_seed(batch)
     lin = torch.nn.Linear(6, 10, bias=bias).to(dtype)
-    for fast, to_ref, shape in ((_linear_channels_first, lambda x, *p: rearrange(F.linear(x, *p), "b l d -> b d l"),
+    for fast, to_ref, shape in ((linear_channels_first, lambda x, *p: rearrange(F.linear(x, *p), "b l d -> b d l"),
                                  (batch, 17, 6)),
-                                (_linear_channels_last, lambda x, *p: F.linear(rearrange(x, "b d l -> b l d"), *p),
+                                (linear_channels_last, lambda x, *p: F.linear(rearrange(x, "b d l -> b l d"), *p),
                                  (batch, 6, 17))):
         x = torch.randn(*shape, dtype=dtype, requires_grad=True)
         params = [x, *lin.parameters()]
@@ -569,7 +566,7 @@ def test_projections_follow_bf16_autocast_like_linear() -> None:
     lin = torch.nn.Linear(8, 12)
     x = torch.randn(2, 16, 8, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = _linear_channels_first(lin, x)
+        y = linear_channels_first(lin, x)
         y_ref = rearrange(lin(x), "b l d -> b d l")
     assert y.dtype == y_ref.dtype == torch.bfloat16
     g = torch.randn_like(y)
@@ -621,7 +618,7 @@ def test_fused_filter_equals_the_modules_in_fp64(num_inner_mlps: int, train_freq
     f64.pos_emb.z, f64.pos_emb.t = f.pos_emb.z.double(), f.pos_emb.t.double()
     n = fft_size(seqlen) if padded else None
     k = f.filter(seqlen, padded_to=n)
-    assert type(k.grad_fn).__name__ == "_ImplicitFilterFnBackward"
+    assert type(k.grad_fn).__name__ == "ImplicitFilterFnBackward"
     assert k.shape == (12, n or seqlen)
     if padded:
         assert torch.all(k[:, seqlen:] == 0)
@@ -646,18 +643,18 @@ def test_filter_falls_back_to_the_modules_when_hooked_or_not_fp32() -> None:
     seen: list[int] = []
     handle = f.implicit_filter[1].register_forward_hook(lambda m, i, o: seen.append(1))
     got = f.filter(40)
-    assert type(got.grad_fn).__name__ != "_ImplicitFilterFnBackward" and len(seen) == 3  # shared Sin, 3 calls
+    assert type(got.grad_fn).__name__ != "ImplicitFilterFnBackward" and len(seen) == 3  # shared Sin, 3 calls
     assert ((got - want).abs() <= bound).all()
     handle.remove()
-    assert type(f.filter(40).grad_fn).__name__ == "_ImplicitFilterFnBackward"
+    assert type(f.filter(40).grad_fn).__name__ == "ImplicitFilterFnBackward"
     # A layer swapped for a wrapper (as an adapter library would): the layout is checked again.
     inner = f.implicit_filter[2]
     f.implicit_filter[2] = torch.nn.Sequential(inner)
     got = f.filter(40)
-    assert type(got.grad_fn).__name__ != "_ImplicitFilterFnBackward"
+    assert type(got.grad_fn).__name__ != "ImplicitFilterFnBackward"
     assert ((got - want).abs() <= bound).all()
     f.implicit_filter[2] = inner
-    assert type(f.filter(40).grad_fn).__name__ == "_ImplicitFilterFnBackward"
+    assert type(f.filter(40).grad_fn).__name__ == "ImplicitFilterFnBackward"
     assert f.bfloat16()._fusable_parts() is None
 
 
@@ -691,7 +688,7 @@ def test_gated_fftconv_takes_a_zero_padded_filter(seqlen: int) -> None:
     bias = torch.randn(d, requires_grad=True)
     k_pad = F.pad(k.detach(), (0, n - seqlen)).requires_grad_()
     g = torch.randn(2, d, seqlen)
-    y, y_pad = _GatedFFTConvFn.apply(x, k, bias), _GatedFFTConvFn.apply(x, k_pad, bias)
+    y, y_pad = GatedFFTConvFn.apply(x, k, bias), GatedFFTConvFn.apply(x, k_pad, bias)
     torch.testing.assert_close(y_pad, y, rtol=1e-6, atol=1e-6)
     gx, gk, gb = grads(y, g, [x, k, bias])
     px, pk, pb = grads(y_pad, g, [x, k_pad, bias])
@@ -699,7 +696,7 @@ def test_gated_fftconv_takes_a_zero_padded_filter(seqlen: int) -> None:
     for got, want in ((px, gx), (pk[:, :seqlen], gk), (pb, gb)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="neither the input length"):
-        _GatedFFTConvFn.apply(x, F.pad(k, (0, 1)) if n > seqlen + 1 else k[:, :0], bias)
+        GatedFFTConvFn.apply(x, F.pad(k, (0, 1)) if n > seqlen + 1 else k[:, :0], bias)
 
 
 class PoisonedPool(BufferPool):
@@ -725,15 +722,15 @@ def test_reused_buffers_give_the_same_training_steps(monkeypatch) -> None:
             loss = model(x[:, :-1], targets=x[:, 1:]).loss
             loss.backward()
             out.append([loss.detach(), *(p.grad.clone() for p in model.parameters())])
-            held.append(model_module.buffers.held_bytes())
+            held.append(buffers_module.buffer_pool.held_bytes())
         return out
 
     held: list[int] = []
     plain = BufferPool()
     plain.enabled = False
-    monkeypatch.setattr(model_module, "buffers", plain)
+    monkeypatch.setattr(buffers_module, "buffer_pool", plain)
     want = steps()
-    monkeypatch.setattr(model_module, "buffers", PoisonedPool(min_bytes=0))
+    monkeypatch.setattr(buffers_module, "buffer_pool", PoisonedPool(min_bytes=0))
     held.clear()
     got = steps()
     for g_step, w_step in zip(got, want):
@@ -745,7 +742,7 @@ def test_reused_buffers_give_the_same_training_steps(monkeypatch) -> None:
 def test_reused_buffers_survive_retain_graph_and_in_place_outputs(monkeypatch) -> None:
     """A graph kept for a second backward keeps its saved buffers out of other steps' reach; an
     operator output (a pooled buffer) may be modified in place."""
-    monkeypatch.setattr(model_module, "buffers", PoisonedPool(min_bytes=0))
+    monkeypatch.setattr(buffers_module, "buffer_pool", PoisonedPool(min_bytes=0))
     torch.manual_seed(1)
     op = make_operator()
     u = torch.randn(2, 40, 16, requires_grad=True)
