@@ -7,9 +7,10 @@
         --keep-freed-memory --no-long-baseline       # scaling to 1M with freed memory reused
 
 Three implementations of one layer of width D, batch 1 (--batch), fp32, timed in turns in the same run:
-  ours      hyenadna.model.HyenaOperator (hand-written FFT-conv backward, 5-smooth FFT sizes)
-  baseline  the same math written the obvious way (kept below): autograd through rfft/irfft at
-            n = 2L; it shares the parameters of `ours`, and the two outputs are checked equal
+  ours      hyenadna.model.HyenaOperator (the fast kernels of hyenadna.ops)
+  baseline  the same operator on the plain references, `HyenaOperator.forward_ref`
+            (hyenadna.ops.hyena_operator_ref: module calls, layout transposes, nn.Conv1d's short
+            conv, autograd through rfft/irfft at n = 2L); same parameters, outputs checked equal
   sdpa      causal multi-head attention of the same width (8 heads x 16): qkv projection,
             torch scaled_dot_product_attention, output projection
 Best of --repeats (4x as many up to 4k); `noise` is how far the median of `ours` sat above its best. The scaling column
@@ -27,34 +28,7 @@ import torch.nn.functional as F
 from common import add_memory_flags, apply_memory_flags, build_operator, interleaved, machine, spread
 from torch import Tensor, nn
 
-from hyenadna.model import HyenaFilter, HyenaOperator
 from hyenadna.ops.buffers import buffer_pool
-
-
-def baseline_fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
-    """Causal FFT convolution the obvious way: pad to 2L, autograd through rfft/irfft."""
-    seqlen = u.shape[-1]
-    k_f = torch.fft.rfft(k, n=2 * seqlen)
-    u_f = torch.fft.rfft(u, n=2 * seqlen)
-    y = torch.fft.irfft(u_f * k_f, n=2 * seqlen)[..., :seqlen]
-    return y + u * bias.unsqueeze(-1)
-
-
-def baseline_filter(f: HyenaFilter, seqlen: int) -> Tensor:
-    """Implicit filter (D, L): MLP of the positional features times the exponential decay."""
-    z, t = f.pos_emb.z[:, :seqlen], f.pos_emb.t[:, :seqlen]
-    h = f.implicit_filter(z) * (torch.exp(-t * f.modulation.deltas.abs()) + f.modulation.shift)
-    return h[0].transpose(0, 1)
-
-
-def baseline_operator(op: HyenaOperator, u: Tensor) -> Tensor:
-    """Order-2 Hyena operator (B, L, D) -> (B, L, D), written straightforwardly with op's parameters."""
-    seqlen = u.shape[1]
-    x = op.in_proj(u).transpose(1, 2)
-    x = op.short_filter(x)[..., :seqlen]
-    x0, x1, v = x.split(op.d_model, dim=1)
-    v = baseline_fftconv(v * x1, baseline_filter(op.filter_fn, seqlen), op.filter_fn.bias)
-    return op.out_proj((v * x0).transpose(1, 2))
 
 
 class CausalSelfAttention(nn.Module):
@@ -111,10 +85,10 @@ def main() -> None:
         u = torch.randn(args.batch, seqlen, d, requires_grad=True)
         grad = torch.randn(args.batch, seqlen, d)
         with torch.no_grad():
-            ref, out = baseline_operator(op, u), op(u)
+            ref, out = op.forward_ref(u), op(u)
             err = ((out - ref).norm() / ref.norm()).item()
             assert err < 1e-5, f"ours differs from the baseline at L={seqlen}: relative error {err:.2e}"
-        fns = {"baseline": fwd_bwd(lambda x: baseline_operator(op, x), op, u, grad),
+        fns = {"baseline": fwd_bwd(op.forward_ref, op, u, grad),
                "ours": fwd_bwd(op, op, u, grad)}
         if seqlen <= args.sdpa_max:
             fns["sdpa"] = fwd_bwd(attn, attn, u, grad)
@@ -135,7 +109,7 @@ def main() -> None:
     for seqlen in args.long_lengths:
         u = torch.randn(1, seqlen, d, requires_grad=True)
         grad = torch.randn(1, seqlen, d)
-        impls = {"ours": op} if args.no_long_baseline else {"baseline": lambda x: baseline_operator(op, x), "ours": op}
+        impls = {"ours": op} if args.no_long_baseline else {"baseline": op.forward_ref, "ours": op}
         # One implementation after the other, not in turns: ours keeps its large buffers for the
         # next step (hyenadna.ops.buffers.BufferPool), which at 1M would sit idle beside the
         # baseline's own gigabytes; they are released before each implementation's runs.

@@ -8,12 +8,11 @@ import platform
 import resource
 import time
 from collections.abc import Callable
-from types import ModuleType
 
 import torch
 from torch import nn
 
-from hyenadna import model as hyenadna_model
+from hyenadna.model import HyenaConfig, HyenaOperator
 from hyenadna.ops.buffers import buffer_pool
 from hyenadna.runtime import huge_pages_state, keep_freed_memory, use_huge_pages
 
@@ -29,15 +28,10 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def build_operator(d: int, l_max: int, model: ModuleType = hyenadna_model) -> nn.Module:
-    """One order-2 Hyena operator of width d with the default filter settings, seeded 0; `model` is
-    hyenadna.model or another revision's copy of it (ab_operator.py)."""
-    cfg = model.HyenaConfig(d_model=d, l_max=l_max)
+def build_operator(d: int, l_max: int) -> nn.Module:
+    """One order-2 Hyena operator of width d with the default filter settings, seeded 0."""
     torch.manual_seed(0)
-    return model.HyenaOperator(d, l_max, emb_dim=cfg.emb_dim, filter_order=cfg.filter_order,
-                               num_inner_mlps=cfg.num_inner_mlps, activation_freq=cfg.activation_freq,
-                               train_freq=cfg.train_freq, modulate=cfg.modulate, fast_decay_pct=cfg.fast_decay_pct,
-                               slow_decay_pct=cfg.slow_decay_pct, decay_target=cfg.decay_target, shift=cfg.shift)
+    return HyenaOperator.from_config(HyenaConfig(d_model=d, l_max=l_max))
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:

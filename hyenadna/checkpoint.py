@@ -851,7 +851,7 @@ def load_pretrained(path: str | Path, task: Task = "auto", *, num_labels: int | 
     The model is built with the checkpoint's own l_max and returned in eval mode on CPU.
     ``task="classification"`` with ``num_labels`` puts a fresh classifier on a pretrained
     backbone; ``config_overrides`` may change non-architectural fields (e.g. ``shift``,
-    dropouts, ``gradient_checkpointing``), never shapes or l_max.
+    dropouts, ``gradient_checkpointing``, ``use_fast_path``), never shapes or l_max.
     """
     ckpt = read_checkpoint(path, config=config)
     if config_overrides:

@@ -1,7 +1,9 @@
 """The HyenaDNA model in plain PyTorch, read top to bottom.
 
-Config -> FFT long convolution (and its O(L^2) reference) -> implicit filter -> Hyena operator
--> block -> backbone -> heads. Module and parameter names follow the official HyenaDNA code
+Config -> implicit filter -> Hyena operator -> block -> backbone -> heads. The kernels each layer
+calls (FFT long convolution, short convolution, projections, the filter MLP) are in
+`hyenadna.ops`, each fast autograd Function beside its plain reference; `use_fast_path=False`
+runs the model on the references. Module and parameter names follow the official HyenaDNA code
 (HazyResearch/hyena-dna) so that the released checkpoints map onto this model through a fixed
 key table (`hyenadna.checkpoint`). Buffers that are pure functions of the config (positional
 features `z`, `t` and decay rates `deltas`) are recomputed and never stored in our checkpoints.
@@ -11,6 +13,7 @@ Shape legend:
     I  MLP width (d_inner) O  Hyena order (2 in every release)
     E  positional feature width (emb_dim, 5)                F  filter-MLP width (filter_order, 64)
     P  soft-prompt length  V  padded vocabulary (16)         C  number of labels
+    T  positions a decoding state holds (prompt + new tokens)
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ from hyenadna.ops import (
     fft_size,
     fftconv,
     fftconv_inference,
+    fftconv_ref,
     gated_fftconv,
     hooked,
+    hyena_operator_ref,
     implicit_filter,
     linear_channels_first,
     linear_channels_last,
     shortconv,
+    shortconv_ref,
 )
 from hyenadna.ops.common import (
     DECAY_CACHE_MAX_BYTES,
@@ -88,6 +94,10 @@ class HyenaConfig:
     residual_in_fp32: bool = True
     gradient_checkpointing: bool = False
     pad_token_id: int = 4
+    # False: every layer runs the plain references of its kernels (hyenadna.ops.*_ref,
+    # `HyenaOperator.forward_ref`) instead of the fast autograd Functions: slow, for checking.
+    # Neither this nor gradient_checkpointing changes a parameter or a state-dict key.
+    use_fast_path: bool = True
 
     def __post_init__(self) -> None:
         if self.d_inner is None:
@@ -123,12 +133,23 @@ class HyenaConfig:
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
                 f"HyenaConfig.pad_token_id={self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
+        for name in ("train_freq", "modulate", "residual_in_fp32", "gradient_checkpointing", "use_fast_path"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"HyenaConfig.{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def padded_vocab_size(self) -> int:
         """Embedding rows: vocab_size rounded up to pad_vocab_size_multiple (12 -> 16)."""
         m = self.pad_vocab_size_multiple
         return math.ceil(self.vocab_size / m) * m
+
+    @property
+    def filter_config(self) -> FilterConfig:
+        """The implicit filter's settings, for `HyenaFilter`."""
+        return FilterConfig(emb_dim=self.emb_dim, filter_order=self.filter_order, num_inner_mlps=self.num_inner_mlps,
+                            activation_freq=self.activation_freq, train_freq=self.train_freq, modulate=self.modulate,
+                            fast_decay_pct=self.fast_decay_pct, slow_decay_pct=self.slow_decay_pct,
+                            decay_target=self.decay_target, shift=self.shift)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (JSON-serialisable)."""
@@ -150,6 +171,22 @@ class HyenaConfig:
         if key not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return cls.from_dict({**PRESETS[key], **overrides})
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """The implicit filter's settings (the filter fields of `HyenaConfig`, documented there)."""
+
+    emb_dim: int
+    filter_order: int
+    num_inner_mlps: int
+    activation_freq: float
+    train_freq: bool
+    modulate: bool
+    fast_decay_pct: float
+    slow_decay_pct: float
+    decay_target: float
+    shift: float
 
 
 # The released sizes (LongSafari/hyenadna-*-seqlen). l_max is the trained length + 2.
@@ -221,9 +258,9 @@ class PositionalEmbedding(nn.Module):
             self.z, self.t = positional_features(self.l_max, self.emb_dim, device=self.z.device)
         return self
 
-    def forward(self, seqlen: int) -> tuple[Tensor, Tensor]:
+    def forward(self, seq_len: int) -> tuple[Tensor, Tensor]:
         """-> z (1, L, E), t (1, L, 1)."""
-        return self.z[:, :seqlen], self.t[:, :seqlen]
+        return self.z[:, :seq_len], self.t[:, :seq_len]
 
 
 class ExponentialModulation(nn.Module):
@@ -236,8 +273,7 @@ class ExponentialModulation(nn.Module):
         self.decay_args = (d, fast_decay_pct, slow_decay_pct, target)
         self.register_buffer("deltas", decay_rates(*self.decay_args), persistent=False)
         # (key, decay) of the last call: the decay is a constant of the positions, rebuilt only
-        # when they or the rates change. Decays larger than this are not kept (they cost far
-        # less than the rest of a step at those lengths).
+        # when they or the rates change.
         self._decay_cache: tuple[tuple[Any, ...], Tensor] | None = None
         self.decay_cache_max_bytes = DECAY_CACHE_MAX_BYTES
 
@@ -282,35 +318,38 @@ class Sin(nn.Module):
             self.register_buffer("freq", freq)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (..., F) -> (..., F)."""
         return torch.sin(self.freq * x)
 
 
 class HyenaFilter(nn.Module):
-    """Implicit long filter h = MLP(z) * decay, plus the per-channel skip bias of the long conv."""
+    """Implicit long filter h = MLP(z) * decay, plus the per-channel skip bias of the long conv.
 
-    def __init__(self, d: int, l_max: int, emb_dim: int, filter_order: int, num_inner_mlps: int,
-                 activation_freq: float, train_freq: bool, modulate: bool, fast_decay_pct: float,
-                 slow_decay_pct: float, decay_target: float, shift: float) -> None:
+    The filter is generated in fp32 with autocast off: sin(10 * x) of bf16 activations is noise,
+    and the MLP costs O(L F^2) once per step, independent of the batch.
+    """
+
+    def __init__(self, d: int, l_max: int, config: FilterConfig) -> None:
         super().__init__()
+        c = config
         self.d, self.l_max = d, l_max
         self.bias = nn.Parameter(torch.randn(d))
-        self.pos_emb = PositionalEmbedding(emb_dim, l_max)
+        self.pos_emb = PositionalEmbedding(c.emb_dim, l_max)
         # One Sin instance at indices 1, 3, 5: the official MLP shares a single `freq` parameter,
         # which is why its state dict lists implicit_filter.{1,3,5}.freq.
-        act = Sin(filter_order, activation_freq, train_freq)
-        layers: list[nn.Module] = [nn.Linear(emb_dim, filter_order), act]
-        for _ in range(num_inner_mlps):
-            layers += [nn.Linear(filter_order, filter_order), act]
-        layers.append(nn.Linear(filter_order, d, bias=False))
+        act = Sin(c.filter_order, c.activation_freq, c.train_freq)
+        layers: list[nn.Module] = [nn.Linear(c.emb_dim, c.filter_order), act]
+        for _ in range(c.num_inner_mlps):
+            layers += [nn.Linear(c.filter_order, c.filter_order), act]
+        layers.append(nn.Linear(c.filter_order, d, bias=False))
         self.implicit_filter = nn.Sequential(*layers)
-        self.modulation = ExponentialModulation(d, fast_decay_pct, slow_decay_pct, decay_target, shift, modulate)
+        self.modulation = ExponentialModulation(d, c.fast_decay_pct, c.slow_decay_pct, c.decay_target, c.shift,
+                                                c.modulate)
         # The layer tuple `_fusable_parts` last checked, and whether it is the fusable chain.
         self._fusable_layers: tuple[nn.Module, ...] = ()
         self._fusable_ok = False
         # (key, rfft of the filter) of the last inference call; see `spectrum`. Not state.
         self._spectrum_cache: tuple[tuple[Any, ...], Tensor] | None = None
-        # Spectra larger than this are not kept (complex64 (D, n/2+1): 1 GB per layer at D=128,
-        # L=1M), where the filter MLP is a small share of a forward pass anyway.
         self.spectrum_cache_max_bytes = SPECTRUM_CACHE_MAX_BYTES
         self.inference_chunk_positions = INFERENCE_CHUNK_POSITIONS
 
@@ -319,59 +358,67 @@ class HyenaFilter(nn.Module):
         self._spectrum_cache = None
         return super().train(mode)
 
-    def spectrum(self, seqlen: int) -> Tensor | None:
-        """The cached rfft of the filter at `fft_size(seqlen)` points, (D, n // 2 + 1) complex64, or
+    def filter_ref(self, seq_len: int) -> Tensor:
+        """The filter for the first `seq_len` positions through the modules and autograd, (D, L)
+        fp32: the reference `filter` is held to."""
+        with autocast_off(self.bias.device.type):
+            z, t = self.pos_emb(seq_len)
+            return self._module_filter(z[0].to(self.bias.dtype), t[:, :, 0])
+
+    def filter(self, seq_len: int, padded_to: int | None = None) -> Tensor:
+        """The long filter for the first `seq_len` positions: (D, L) in fp32, or (D, padded_to) with
+        zeros after position L (the input the FFT convolution transforms; the fused filter writes
+        straight into it).
+
+        The fp32 chain this module builds runs as one autograd node (`hyenadna.ops.implicit_filter`);
+        anything else (hooks, adapters, other dtypes) through the modules. Without grad, positions
+        are processed in slices (the MLP and the decay are per position).
+        """
+        with autocast_off(self.bias.device.type):
+            z, t = self.pos_emb(seq_len)
+            z, t = z[0].to(self.bias.dtype), t[:, :, 0]  # (L, E), (1, L)
+            if padded_to is not None and padded_to < seq_len:
+                raise ValueError(f"padded_to={padded_to} is shorter than the filter ({seq_len} positions)")
+            if torch.is_grad_enabled() or seq_len <= self.inference_chunk_positions:
+                return self._filter_slice(z, t, padded_to)
+            h = torch.empty(self.d, padded_to or seq_len, device=z.device)
+            h[:, seq_len:].zero_()
+            for s in range(0, seq_len, self.inference_chunk_positions):
+                e = min(s + self.inference_chunk_positions, seq_len)
+                h[:, s:e] = self._filter_slice(z[s:e], t[:, s:e])
+            return h
+
+    def spectrum(self, seq_len: int) -> Tensor | None:
+        """The cached rfft of the filter at `fft_size(seq_len)` points, (D, n // 2 + 1) complex64, or
         None where it is not cached (training mode, or larger than `spectrum_cache_max_bytes`).
 
         In eval mode it is computed once and reused while the parameters stay the same: the
         cache key holds every parameter's identity, storage, device and version counter, which
         in-place updates (optimizer steps, load_state_dict) bump. One entry: the last length.
         """
-        n = fft_size(seqlen)
+        n = fft_size(seq_len)
         if self.training or self.d * (n // 2 + 1) * 8 > self.spectrum_cache_max_bytes:
             self._spectrum_cache = None
             return None
-        key = (seqlen, n, *((id(p), p.data_ptr(), p.device, p.dtype, p._version) for p in self.parameters()))
+        key = (seq_len, n, *((id(p), p.data_ptr(), p.device, p.dtype, p._version) for p in self.parameters()))
         if self._spectrum_cache is None or self._spectrum_cache[0] != key:
             self._spectrum_cache = None  # free the old spectrum before building the new one
-            self._spectrum_cache = (key, torch.fft.rfft(self.filter(seqlen), n=n))
+            self._spectrum_cache = (key, torch.fft.rfft(self.filter(seq_len), n=n))
         return self._spectrum_cache[1]
-
-    def filter(self, seqlen: int, padded_to: int | None = None) -> Tensor:
-        """The long filter for the first `seqlen` positions: (D, L) in fp32, or (D, padded_to) with
-        zeros after position L (the input the FFT convolution transforms; the fused filter writes
-        straight into it).
-
-        Generated in fp32 with autocast off: sin(10 * x) of bf16 activations is noise, and the
-        MLP costs O(L F^2) once per step, independent of the batch. The last (bias-free) layer is
-        applied as W @ h^T so the filter comes out in the (D, L) layout of the FFT directly
-        instead of through a strided transpose copy. Without grad, positions are processed in
-        slices (the MLP and the decay are per position), so the (L, F) hidden activations of a
-        1M-long filter never exist whole.
-        """
-        with autocast_off(self.bias.device.type):
-            z, t = self.pos_emb(seqlen)
-            z, t = z[0].to(self.bias.dtype), t[:, :, 0]  # (L, E), (1, L)
-            if padded_to is not None and padded_to < seqlen:
-                raise ValueError(f"padded_to={padded_to} is shorter than the filter ({seqlen} positions)")
-            if torch.is_grad_enabled() or seqlen <= self.inference_chunk_positions:
-                return self._filter_slice(z, t, padded_to)
-            h = torch.empty(self.d, padded_to or seqlen, device=z.device)
-            h[:, seqlen:].zero_()
-            for s in range(0, seqlen, self.inference_chunk_positions):
-                e = min(s + self.inference_chunk_positions, seqlen)
-                h[:, s:e] = self._filter_slice(z[s:e], t[:, s:e])
-            return h
 
     def _filter_slice(self, z: Tensor, t: Tensor, padded_to: int | None = None) -> Tensor:
         """z (L, E), t (1, L) -> the filter at those positions, (D, L) in fp32 (or zero-padded to
         (D, padded_to))."""
         parts = self._fusable_parts()
         if parts is not None:
-            return implicit_filter(z, self.modulation.decay(t), parts[0], parts[1], parts[2:], padded_to)
-        hidden = self.implicit_filter[:-1](z)  # (L, F)
-        h = self.modulation(t, (self.implicit_filter[-1].weight @ hidden.mT).float())  # (D, L)
+            freq, w_out, *linear = parts
+            return implicit_filter(z, self.modulation.decay(t), freq, w_out, linear, padded_to)
+        h = self._module_filter(z, t)
         return h if padded_to is None else F.pad(h, (0, padded_to - h.shape[-1]))
+
+    def _module_filter(self, z: Tensor, t: Tensor) -> Tensor:
+        """z (L, E), t (1, L) -> (D, L) fp32 through the modules."""
+        return self.modulation(t, self.implicit_filter(z).float().mT)
 
     def _fusable_parts(self) -> tuple[Tensor, ...] | None:
         """(freq, W_out, W_0, b_0, W_1, b_1, ...) when the filter MLP is the fp32 chain this module
@@ -398,13 +445,25 @@ class HyenaFilter(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class HyenaState:
+    """What `HyenaOperator.step` needs of the positions before t, for decoding one token at a time."""
+
+    k: Tensor  # (O-1, D, T) fp32: the long filters up to the last position decoding may reach
+    bias: Tensor  # (O-1, D) fp32: their skip biases
+    inputs: Tensor  # (O-1, B, D, T) fp32: each long conv's inputs so far, zeros from t on
+    recent: Tensor  # (B, (O+1) D, k-1) fp32: the last k-1 in_proj outputs, the short conv's window
+    t: int = 0  # positions seen
+
+
 class HyenaOperator(nn.Module):
     """Order-O Hyena: in_proj -> causal short conv -> (gate, long conv)^(O-1) -> gate -> out_proj."""
 
-    def __init__(self, d_model: int, l_max: int, order: int = 2, short_filter_order: int = 3,
-                 dropout: float = 0.0, **filter_args: Any) -> None:
+    def __init__(self, d_model: int, l_max: int, order: int, short_filter_order: int, dropout: float,
+                 filter_config: FilterConfig, use_fast_path: bool = True) -> None:
         super().__init__()
         self.d_model, self.l_max, self.order = d_model, l_max, order
+        self.use_fast_path = use_fast_path
         inner = (order + 1) * d_model
         self.in_proj = nn.Linear(d_model, inner)
         self.out_proj = nn.Linear(d_model, d_model)
@@ -412,23 +471,40 @@ class HyenaOperator(nn.Module):
         # t-k+1..t only (causal). Same module shape as the official one: weight (3D, 1, k).
         self.short_filter = nn.Conv1d(inner, inner, kernel_size=short_filter_order, groups=inner,
                                       padding=short_filter_order - 1)
-        self.filter_fn = HyenaFilter(d_model * (order - 1), l_max, **filter_args)
+        self.filter_fn = HyenaFilter(d_model * (order - 1), l_max, filter_config)
         self.dropout = nn.Dropout(dropout)
-        # Without grad, the long conv runs in channel chunks of at most this many padded values
-        # (fp32: 64 MB): bounded memory at 1M tokens, same result (channels are independent).
         self.inference_chunk_elements = INFERENCE_CHUNK_ELEMENTS
 
-    def forward(self, u: Tensor) -> Tensor:
-        """u (B, L, D) -> (B, L, D).
+    @classmethod
+    def from_config(cls, config: HyenaConfig) -> HyenaOperator:
+        """The operator of one layer of the model `config` describes."""
+        return cls(config.d_model, config.l_max, order=config.hyena_order, short_filter_order=config.short_filter_order,
+                   dropout=config.hyena_dropout, filter_config=config.filter_config,
+                   use_fast_path=config.use_fast_path)
 
-        The convolutions want channels first (B, D, L). Rather than transposing (a strided copy
-        of the widest activation, the largest single cost in the CPU profile at 16k), in_proj
-        and out_proj run as batched GEMMs that read their operand transposed for free.
-        """
-        seqlen = u.shape[1]
-        if seqlen > self.l_max:
-            raise ValueError(f"input length {seqlen} exceeds l_max={self.l_max}: the implicit filter is "
+    def forward(self, u: Tensor, state: HyenaState | None = None) -> Tensor:
+        """u (B, L, D) -> (B, L, D). With a fresh `state` (`init_state`), also records what `step`
+        needs of these L positions (the prompt of a decoding run)."""
+        seq_len = u.shape[1]
+        if seq_len > self.l_max:
+            raise ValueError(f"input length {seq_len} exceeds l_max={self.l_max}: the implicit filter is "
                              f"defined only up to l_max (build the model with a larger l_max)")
+        y = self._forward_fast(u) if self.use_fast_path else self.forward_ref(u)
+        if state is not None:
+            self._prefill(u, state)
+        return y
+
+    def forward_ref(self, u: Tensor) -> Tensor:
+        """The same operator through the plain references (`hyenadna.ops.hyena_operator_ref`, the
+        filter through its modules): u (B, L, D) -> (B, L, D)."""
+        return hyena_operator_ref(u, self.in_proj, self.short_filter.weight, self.short_filter.bias,
+                                  self.filter_fn.filter_ref(u.shape[1]), self.filter_fn.bias, self.out_proj,
+                                  self.order, self.dropout)
+
+    def _forward_fast(self, u: Tensor) -> Tensor:
+        """`forward` through the fast kernels. The convolutions want channels first (B, D, L);
+        in_proj and out_proj swap the layout inside their GEMMs, so no transpose is copied."""
+        seq_len = u.shape[1]
         if torch.is_grad_enabled():
             x = linear_channels_first(self.in_proj, u)  # (B, (O+1) D, L)
             x = shortconv(x, self.short_filter.weight, self.short_filter.bias)
@@ -438,52 +514,102 @@ class HyenaOperator(nn.Module):
         if torch.is_grad_enabled() and self.order == 2 and not (self.training and self.dropout.p > 0):
             # The filter and bias whole (a select would cost a zero-filled gradient copy), the
             # filter zero-padded to the FFT size by its own Function (no padding copy in rfft).
-            k = self.filter_fn.filter(seqlen, padded_to=fft_size(seqlen))
+            k = self.filter_fn.filter(seq_len, padded_to=fft_size(seq_len))
             return linear_channels_last(self.out_proj, gated_fftconv(x, k, self.filter_fn.bias))
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
         if torch.is_grad_enabled():
-            k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
+            k = rearrange(self.filter_fn.filter(seq_len), "(o d) l -> o d l", o=self.order - 1)
             for o, gate in enumerate(reversed(gates[1:])):
                 v = self.dropout(v * gate)
                 v = fftconv(v, k[o], bias[o])
+            return linear_channels_last(self.out_proj, v * gates[0])
+        # Inference: the filter spectrum is cached in eval mode (else each channel chunk
+        # transforms its own slice of the filter), the conv runs in channel chunks.
+        k_f = self.filter_fn.spectrum(seq_len)
+        if k_f is None:
+            k = rearrange(self.filter_fn.filter(seq_len), "(o d) l -> o d l", o=self.order - 1)
         else:
-            # Inference: the filter spectrum is cached in eval mode (else each channel chunk
-            # transforms its own slice of the filter), the conv runs in channel chunks.
-            k_f = self.filter_fn.spectrum(seqlen)
+            k_f = rearrange(k_f, "(o d) f -> o d f", o=self.order - 1)
+        for o, gate in enumerate(reversed(gates[1:])):
+            v = self.dropout(v * gate)
             if k_f is None:
-                k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
+                v = fftconv_inference(v, bias[o], k=k[o], max_elements=self.inference_chunk_elements)
             else:
-                k_f = rearrange(k_f, "(o d) f -> o d f", o=self.order - 1)
-            for o, gate in enumerate(reversed(gates[1:])):
-                v = self.dropout(v * gate)
-                if k_f is None:
-                    v = fftconv_inference(v, bias[o], k=k[o], max_elements=self.inference_chunk_elements)
-                else:
-                    v = fftconv_inference(v, bias[o], k_f=k_f[o], max_elements=self.inference_chunk_elements)
-            return linear_channels_last(self.out_proj, v.mul_(gates[0]))  # v is ours: gate in place
-        y = v * gates[0]
-        return linear_channels_last(self.out_proj, y)
+                v = fftconv_inference(v, bias[o], k_f=k_f[o], max_elements=self.inference_chunk_elements)
+        return linear_channels_last(self.out_proj, v.mul_(gates[0]))  # v is ours: gate in place
 
     def _project_in_slices(self, u: Tensor) -> Tensor:
         """in_proj + short conv without grad, over slices of positions written into one
         (B, (O+1) D, L) tensor: the unconvolved projection never exists whole (1.5 GB at 1M
         tokens, D=128). Each slice starts k-1 positions early so its causal taps see real inputs."""
-        batch, seqlen, _ = u.shape
+        batch, seq_len, _ = u.shape
         taps = self.short_filter.weight.shape[-1]
         step = max(taps, self.inference_chunk_elements // (batch * self.in_proj.out_features))
-        if step >= seqlen:  # one slice: no copy into an output buffer
-            return shortconv(linear_channels_first(self.in_proj, u), self.short_filter.weight,
-                                      self.short_filter.bias)
+        if step >= seq_len:  # one slice: no copy into an output buffer
+            return shortconv(linear_channels_first(self.in_proj, u), self.short_filter.weight, self.short_filter.bias)
         out: Tensor | None = None
-        for s in range(0, seqlen, step):
+        for s in range(0, seq_len, step):
             lo = max(0, s - (taps - 1))
             x = linear_channels_first(self.in_proj, u[:, lo:s + step])
             x = shortconv(x, self.short_filter.weight, self.short_filter.bias)[..., s - lo:]
             if out is None:
-                out = x.new_empty(batch, x.shape[1], seqlen)
+                out = x.new_empty(batch, x.shape[1], seq_len)
             out[..., s:s + step] = x
-        assert out is not None  # seqlen >= 1
+        assert out is not None  # seq_len >= 1
         return out
+
+    # ---- decoding: the same operator one position at a time, with an explicit state
+
+    def init_state(self, batch: int, max_len: int) -> HyenaState:
+        """An empty decoding state for `batch` sequences of up to `max_len` positions; the filter
+        is computed once, for all of them."""
+        orders, d = self.order - 1, self.d_model
+        filt = self.filter_fn.filter(max_len) if self.use_fast_path else self.filter_fn.filter_ref(max_len)
+        device = self.filter_fn.bias.device
+        return HyenaState(k=filt.float().view(orders, d, max_len), bias=self.filter_fn.bias.float().view(orders, d),
+                          inputs=torch.zeros(orders, batch, d, max_len, device=device),
+                          recent=torch.zeros(batch, (self.order + 1) * d, self.short_filter.weight.shape[-1] - 1,
+                                             device=device))
+
+    def _prefill(self, u: Tensor, state: HyenaState) -> None:
+        """Record the long-conv inputs of the positions of u (B, L, D) and the short conv's window."""
+        if state.t != 0:
+            raise ValueError(f"a decoding state takes its prompt once, at position 0 (it is at {state.t})")
+        seq_len = u.shape[1]
+        if seq_len > state.inputs.shape[-1]:
+            raise ValueError(f"the prompt has {seq_len} positions; the state holds {state.inputs.shape[-1]}")
+        x = self.in_proj(u).float().transpose(1, 2)  # (B, (O+1) D, L)
+        width = state.recent.shape[-1]
+        if width:
+            state.recent = torch.cat([state.recent, x], dim=-1)[..., -width:]
+        x = shortconv_ref(x, self.short_filter.weight.float(), self.short_filter.bias.float())
+        *gates, v = x.split(self.d_model, dim=1)
+        conv = fftconv if self.use_fast_path else fftconv_ref
+        for o, gate in enumerate(reversed(gates[1:])):
+            v = v * gate
+            state.inputs[o, :, :, :seq_len] = v
+            v = conv(v, state.k[o, :, :seq_len], state.bias[o])
+        state.t = seq_len
+
+    def step(self, u: Tensor, state: HyenaState) -> Tensor:
+        """The operator's output at the next position t = state.t: u (B, D) -> (B, D); advances
+        the state. O(t D) per layer: the long conv at t is a dot product with the stored inputs."""
+        t = state.t
+        if t >= state.inputs.shape[-1]:
+            raise ValueError(f"the decoding state holds {state.inputs.shape[-1]} positions; all are used")
+        x = self.in_proj(u).float()  # (B, (O+1) D)
+        window = torch.cat([state.recent, x[..., None]], dim=-1)  # (B, (O+1) D, k)
+        conv = (window * self.short_filter.weight.float()[:, 0]).sum(-1) + self.short_filter.bias.float()
+        state.recent = window[..., 1:]
+        *gates, v = conv.split(self.d_model, dim=1)
+        for o, gate in enumerate(reversed(gates[1:])):
+            v = v * gate
+            hist = state.inputs[o]
+            hist[..., t] = v
+            # y_t = sum_s k_s v_{t-s} + bias v_t over the stored inputs (newest first)
+            v = (hist[..., :t + 1].flip(-1) * state.k[o, :, :t + 1]).sum(-1) + state.bias[o] * v
+        state.t = t + 1
+        return self.out_proj((v * gates[0]).to(u.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,7 +634,7 @@ class Block(nn.Module):
     """Pre-LayerNorm residual block: r += Mixer(LN1(r)); r += MLP(LN2(r))."""
 
     def __init__(self, d_model: int, d_inner: int, mixer: nn.Module, resid_dropout: float,
-                 layer_norm_epsilon: float, residual_in_fp32: bool) -> None:
+                 layer_norm_epsilon: float, residual_in_fp32: bool, use_fast_path: bool = True) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_epsilon)
         self.mixer = mixer
@@ -516,24 +642,34 @@ class Block(nn.Module):
         self.mlp = Mlp(d_model, d_inner)
         self.dropout = nn.Dropout(resid_dropout)
         self.residual_in_fp32 = residual_in_fp32
-        # Without grad, the MLP runs over at most this many tokens (batch x positions) at a time.
+        self.use_fast_path = use_fast_path
         self.inference_chunk_tokens = INFERENCE_CHUNK_TOKENS
 
-    def forward(self, residual: Tensor) -> Tensor:
-        """residual (B, L, D) -> (B, L, D); kept in fp32 when residual_in_fp32."""
+    def forward(self, residual: Tensor, state: HyenaState | None = None) -> Tensor:
+        """residual (B, L, D) -> (B, L, D); kept in fp32 when residual_in_fp32. `state`: see
+        `HyenaOperator.forward`."""
         if self.residual_in_fp32:
             residual = residual.float()
         dtype = self.norm1.weight.dtype
-        residual = residual + self.dropout(self.mixer(self.norm1(residual.to(dtype))))
-        if torch.is_grad_enabled():
+        h = self.norm1(residual.to(dtype))
+        residual = residual + self.dropout(self.mixer(h) if state is None else self.mixer(h, state))
+        if torch.is_grad_enabled() or not self.use_fast_path:
             return residual + self.dropout(self.mlp(self.norm2(residual.to(dtype))))
         # Inference: the MLP is per position, so run it over slices of the sequence; its (B, L, I)
-        # hidden activation is the widest tensor of the block (2 GB at 1M tokens, fp32, I = 512).
+        # hidden activation is the widest tensor of the block.
         step = max(1, self.inference_chunk_tokens // residual.shape[0])
         for s in range(0, residual.shape[1], step):
             chunk = residual[:, s:s + step]
             chunk += self.dropout(self.mlp(self.norm2(chunk.to(dtype))))
         return residual
+
+    def step(self, residual: Tensor, state: HyenaState) -> Tensor:
+        """One position of `forward` while decoding: residual (B, D) -> (B, D); advances the state."""
+        if self.residual_in_fp32:
+            residual = residual.float()
+        dtype = self.norm1.weight.dtype
+        residual = residual + self.dropout(self.mixer.step(self.norm1(residual.to(dtype)), state))
+        return residual + self.dropout(self.mlp(self.norm2(residual.to(dtype))))
 
 
 class HyenaEmbeddings(nn.Module):
@@ -557,16 +693,9 @@ class HyenaDNAModel(nn.Module):
         self.config = c
         self.embeddings = HyenaEmbeddings(c.padded_vocab_size, c.d_model)
         self.embed_dropout = nn.Dropout(c.embed_dropout)
-        filter_args = dict(
-            emb_dim=c.emb_dim, filter_order=c.filter_order, num_inner_mlps=c.num_inner_mlps,
-            activation_freq=c.activation_freq, train_freq=c.train_freq, modulate=c.modulate,
-            fast_decay_pct=c.fast_decay_pct, slow_decay_pct=c.slow_decay_pct,
-            decay_target=c.decay_target, shift=c.shift)
         self.layers = nn.ModuleList([
-            Block(c.d_model, c.d_inner, HyenaOperator(c.d_model, c.l_max, order=c.hyena_order,
-                                                      short_filter_order=c.short_filter_order,
-                                                      dropout=c.hyena_dropout, **filter_args),
-                  c.resid_dropout, c.layer_norm_epsilon, c.residual_in_fp32)
+            Block(c.d_model, c.d_inner, HyenaOperator.from_config(c), c.resid_dropout, c.layer_norm_epsilon,
+                  c.residual_in_fp32, c.use_fast_path)
             for _ in range(c.n_layer)])
         self.ln_f = nn.LayerNorm(c.d_model, eps=c.layer_norm_epsilon)
 
@@ -587,11 +716,13 @@ class HyenaDNAModel(nn.Module):
             raise ValueError(f"input_ids must lie in [0, {self.config.padded_vocab_size}), got values in "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
 
-    def forward(self, input_ids: Tensor, prefix_embeds: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, prefix_embeds: Tensor | None = None,
+                states: list[HyenaState] | None = None) -> Tensor:
         """input_ids (B, L), optional soft prompt prefix_embeds (P, D) or (B, P, D) -> (B, P + L, D).
 
         The prefix is inserted after the token embedding and before the first block (the
-        paper's soft prompting); the caller drops the first P positions of the output.
+        paper's soft prompting); the caller drops the first P positions of the output. `states`
+        (`init_states`): record the positions for decoding on with `step`.
         """
         prefix_len = 0 if prefix_embeds is None else prefix_embeds.shape[-2]
         self.check_input_ids(input_ids, prefix_len)
@@ -601,12 +732,25 @@ class HyenaDNAModel(nn.Module):
                 prefix_embeds = prefix_embeds.unsqueeze(0).expand(hidden.shape[0], -1, -1)
             hidden = torch.cat([prefix_embeds.to(hidden.dtype), hidden], dim=1)
         residual = self.embed_dropout(hidden)
-        for layer in self.layers:
-            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        for i, layer in enumerate(self.layers):
+            if states is not None:
+                residual = layer(residual, states[i])
+            elif self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # Recompute the block in backward: same modules, same state-dict keys.
                 residual = checkpoint(layer, residual, use_reentrant=False)
             else:
                 residual = layer(residual)
+        return self.ln_f(residual.to(self.ln_f.weight.dtype))
+
+    def init_states(self, batch: int, max_len: int) -> list[HyenaState]:
+        """One empty decoding state per layer (see `HyenaOperator.init_state`)."""
+        return [layer.mixer.init_state(batch, max_len) for layer in self.layers]
+
+    def step(self, input_ids: Tensor, states: list[HyenaState]) -> Tensor:
+        """The hidden state of one more token per sequence: input_ids (B,) -> (B, D); advances the states."""
+        residual = self.embed_dropout(self.embeddings(input_ids.long()[:, None])[:, 0])  # (B, D)
+        for layer, state in zip(self.layers, states):
+            residual = layer.step(residual, state)
         return self.ln_f(residual.to(self.ln_f.weight.dtype))
 
 

@@ -1,7 +1,8 @@
-"""The fast paths of hyenadna.model equal their slow references.
+"""The fast paths of hyenadna.ops and hyenadna.model equal their slow references.
 
 FFT conv (hand-written backward, 5-smooth sizes) vs the O(L^2) direct conv, the shifted-tap short
-conv vs nn.Conv1d, the transpose-free operator vs the straightforward one, the fused implicit
+conv vs nn.Conv1d, the transpose-free operator vs the reference one (`HyenaOperator.forward_ref`),
+a model trained on the fast paths vs on the references (`use_fast_path=False`), the fused implicit
 filter vs its modules, cached vs fresh filter spectra and decays, chunked no-grad inference vs
 the training path, bf16 autocast vs fp32.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from typing import Callable
 
 import pytest
@@ -17,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-import hyenadna.model as model_module
 import hyenadna.ops.buffers as buffers_module
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM, HyenaFilter, HyenaOperator
 from hyenadna.ops import (
@@ -36,29 +37,7 @@ from hyenadna.ops.buffers import BufferPool
 
 
 def make_operator(d: int = 16, l_max: int = 80, order: int = 2) -> HyenaOperator:
-    c = HyenaConfig(d_model=d, l_max=l_max, hyena_order=order)
-    return HyenaOperator(d, l_max, order=order, short_filter_order=c.short_filter_order, emb_dim=c.emb_dim,
-                         filter_order=c.filter_order, num_inner_mlps=c.num_inner_mlps,
-                         activation_freq=c.activation_freq, train_freq=c.train_freq, modulate=c.modulate,
-                         fast_decay_pct=c.fast_decay_pct, slow_decay_pct=c.slow_decay_pct,
-                         decay_target=c.decay_target, shift=c.shift)
-
-
-def reference_operator(op: HyenaOperator, u: torch.Tensor) -> torch.Tensor:
-    """The operator written the obvious way: module calls, layout transposes, direct O(L^2) conv,
-    filter MLP in (L, D) layout with the decay broadcast over positions."""
-    seqlen = u.shape[1]
-    x = rearrange(op.in_proj(u), "b l d -> b d l")
-    x = op.short_filter(x)[..., :seqlen]
-    *gates, v = x.split(op.d_model, dim=1)
-    f = op.filter_fn
-    z, t = f.pos_emb.z[:, :seqlen], f.pos_emb.t[:, :seqlen]
-    h = f.implicit_filter(z) * (torch.exp(-t * f.modulation.deltas.abs()) + f.modulation.shift)
-    k = rearrange(h, "1 l (o d) -> o d l", o=op.order - 1)
-    bias = rearrange(f.bias, "(o d) -> o d", o=op.order - 1)
-    for o, gate in enumerate(reversed(gates[1:])):
-        v = causal_conv_direct(v * gate, k[o], bias[o])
-    return op.out_proj(rearrange(v * gates[0], "b d l -> b l d"))
+    return HyenaOperator.from_config(HyenaConfig(d_model=d, l_max=l_max, hyena_order=order))
 
 
 def grads(out: torch.Tensor, weight: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -85,9 +64,10 @@ def magnitudes(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], g: t
     return [y.detach(), *torch.autograd.grad(y, a, g.detach().abs().double())]
 
 
-def fftconv_rounding_bound(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, sigmas: float = 8.0) -> torch.Tensor:
-    """A bound (B, D, L) on how far an fp32 FFT convolution y = k * u + bias u of fft_size(L)
-    points (any batch or channel split) can be from the exact one.
+def fftconv_rounding_bound(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, sigmas: float = 8.0,
+                           n: int | None = None) -> torch.Tensor:
+    """A bound (B, D, L) on how far an fp32 FFT convolution y = k * u + bias u of n points
+    (default fft_size(L), the fast path's; any batch or channel split) can be from the exact one.
 
     Probabilistic model as in `filter_rounding_bound`: each of the about log2(n) + 1 passes of a
     transform rounds every value by an independent relative error of at most u, and the
@@ -96,7 +76,7 @@ def fftconv_rounding_bound(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor,
     counted as one more tap) and the inverse transform (1 / n), three such errors leave each output
     off by sigma = u sqrt(3 (log2 n + 1)) ||u||_2 ||k, bias||_2 / sqrt(n) in rms; `sigmas` of those,
     plus one rounding of the terms' magnitude for the final add."""
-    n = fft_size(u.shape[-1])
+    n = n or fft_size(u.shape[-1])
     u64, k64, b64 = (x.detach().double() for x in (u, k, bias))
     norms = u64.norm(dim=-1, keepdim=True) * (k64.square().sum(-1, keepdim=True) + b64.square()[:, None]).sqrt()
     sigma = U32 * math.sqrt(3 * (math.log2(n) + 1)) * norms / math.sqrt(n)
@@ -172,7 +152,7 @@ def test_operator_equals_straightforward_reference(order: int, seqlen: int) -> N
     op = make_operator(order=order)
     u = torch.randn(2, seqlen, 16, requires_grad=True)
     g = torch.randn(2, seqlen, 16)
-    y, y_ref = op(u), reference_operator(op, u)
+    y, y_ref = op(u), op.forward_ref(u)
     bound = 2 * operator_rounding_bound(op, u)  # both are fp32 evaluations of the same exact operator
     assert bound.max() < 1e-3 * y_ref.abs().max()  # tight enough to catch a wrong gate, filter or tap
     assert ((y - y_ref).abs() <= bound).all(), ((y - y_ref).abs() / bound).max()
@@ -181,6 +161,43 @@ def test_operator_equals_straightforward_reference(order: int, seqlen: int) -> N
         # Relative to each gradient's scale: the first filter layer's reach ~70 here, where fp32
         # rounding alone (either side against fp64) is ~4e-4.
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * max(1.0, want.abs().max().item()))
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_model_on_the_references_trains_to_the_same_losses(order: int) -> None:
+    """`use_fast_path=False` runs every layer on the plain references (module projections,
+    nn.Conv1d's short conv, the filter's modules, the FFT at 2L through autograd) with the same
+    parameters and state-dict keys. The first step's gradients agree as the operator's do (fp32
+    rounding, `test_operator_equals_straightforward_reference`), and four AdamW steps later the
+    losses agree to 1e-5 relative: each step's loss is a mean over 128 tokens whose logits are
+    off by rounding, a few fp32 ulps of the loss."""
+    torch.manual_seed(0)
+    config = HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=70, hyena_order=order)
+    fast = HyenaDNAForCausalLM(config)
+    ref = HyenaDNAForCausalLM(replace(config, use_fast_path=False))
+    assert list(ref.state_dict()) == list(fast.state_dict())
+    ref.load_state_dict(fast.state_dict())
+    assert not ref.backbone.layers[0].mixer.use_fast_path
+    ids = [torch.randint(7, 11, (2, 65)) for _ in range(4)]
+
+    def train(model: HyenaDNAForCausalLM) -> tuple[list[float], list[torch.Tensor]]:
+        torch.manual_seed(1)  # the same embedding-dropout masks
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses, first_grads = [], []
+        for x in ids:
+            loss = model(x[:, :-1], targets=x[:, 1:]).loss
+            loss.backward()
+            first_grads = first_grads or [p.grad.clone() for p in model.parameters()]
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return losses, first_grads
+
+    (want, want_grads), (got, got_grads) = train(fast), train(ref)
+    assert want[-1] < want[0]  # it learns
+    for (name, _), a, b in zip(fast.named_parameters(), want_grads, got_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * max(1.0, a.abs().max().item()), msg=name)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("seqlen", [7, 64])
@@ -388,7 +405,8 @@ def operator_rounding_bound(op: HyenaOperator, u: torch.Tensor, sigmas: float = 
     u |value|, and errors already in the operands pass through with the other operands' absolute
     values. The filter's error is `filter_rounding_bound`, independent from tap to tap (so it
     adds in quadrature through a convolution); each long convolution adds its own rounding,
-    `fftconv_rounding_bound` (the FFT) plus gamma_{L+1} of its terms (the reference's direct sum).
+    `fftconv_rounding_bound` at the larger of the two transforms' bounds (the fast path's
+    fft_size(L) points, the reference's 2L).
     """
     op64 = copy.deepcopy(op).double()
     seqlen, d, taps = u.shape[1], op.d_model, op.short_filter.kernel_size[0]
@@ -410,11 +428,11 @@ def operator_rounding_bound(op: HyenaOperator, u: torch.Tensor, sigmas: float = 
     for i, (gate, eg) in enumerate(zip(reversed(gates[1:]), reversed(gate_errors[1:]))):
         p = v * gate
         ep = v.abs() * eg + gate.abs() * ev + U32 * p.abs()
-        terms = causal_conv64(p.abs(), h[i].abs(), beta[i].abs())
         # the filter's rounding errors are independent from tap to tap: they add in quadrature
         filter_error = causal_conv64(p.square(), eh[i].square(), torch.zeros_like(beta[i])).sqrt()
         ev = (causal_conv64(ep, h[i].abs(), beta[i].abs()) + filter_error
-              + fftconv_rounding_bound(p, h[i], beta[i], sigmas) + gamma(seqlen + 1) * terms)
+              + torch.maximum(fftconv_rounding_bound(p, h[i], beta[i], sigmas),
+                              fftconv_rounding_bound(p, h[i], beta[i], sigmas, n=2 * seqlen)))
         v = causal_conv64(p, h[i], beta[i])
     y = v * gates[0]
     ey = (v.abs() * gate_errors[0] + gates[0].abs() * ev + U32 * y.abs()).mT  # (B, L, D)
@@ -490,7 +508,7 @@ def test_operator_with_dropout_takes_the_unfused_path_and_still_trains() -> None
     a.sum().backward()
     assert u.grad is not None and torch.isfinite(u.grad).all()
     op.eval()
-    assert ((op(u) - reference_operator(op, u)).abs() <= 2 * operator_rounding_bound(op, u)).all()
+    assert ((op(u) - op.forward_ref(u)).abs() <= 2 * operator_rounding_bound(op, u)).all()
 
 
 def test_gated_fftconv_stores_bf16_input_as_is_and_returns_bf16_gradients() -> None:
@@ -581,12 +599,10 @@ def test_projections_follow_bf16_autocast_like_linear() -> None:
 
 def make_filter(num_inner_mlps: int = 2, train_freq: bool = True, modulate: bool = True, d: int = 12,
                 l_max: int = 300) -> HyenaFilter:
-    c = HyenaConfig()
+    config = replace(HyenaConfig().filter_config, filter_order=16, num_inner_mlps=num_inner_mlps,
+                     train_freq=train_freq, modulate=modulate)
     torch.manual_seed(num_inner_mlps)
-    f = HyenaFilter(d, l_max, emb_dim=c.emb_dim, filter_order=16, num_inner_mlps=num_inner_mlps,
-                    activation_freq=c.activation_freq, train_freq=train_freq, modulate=modulate,
-                    fast_decay_pct=c.fast_decay_pct, slow_decay_pct=c.slow_decay_pct,
-                    decay_target=c.decay_target, shift=c.shift)
+    f = HyenaFilter(d, l_max, config)
     with torch.no_grad():  # the frequency differs per feature, as after training
         f.implicit_filter[1].freq.uniform_(5.0, 15.0)
     return f

@@ -28,12 +28,7 @@ def tiny_config(**overrides) -> HyenaConfig:
 
 
 def operator(d: int = 16, l_max: int = 64, order: int = 2) -> HyenaOperator:
-    c = tiny_config(d_model=d, l_max=l_max, hyena_order=order)
-    return HyenaOperator(d, l_max, order=order, short_filter_order=c.short_filter_order,
-                         emb_dim=c.emb_dim, filter_order=c.filter_order, num_inner_mlps=c.num_inner_mlps,
-                         activation_freq=c.activation_freq, train_freq=c.train_freq, modulate=c.modulate,
-                         fast_decay_pct=c.fast_decay_pct, slow_decay_pct=c.slow_decay_pct,
-                         decay_target=c.decay_target, shift=c.shift)
+    return HyenaOperator.from_config(tiny_config(d_model=d, l_max=l_max, hyena_order=order))
 
 
 # ---------------------------------------------------------------- FFT convolution
