@@ -10,8 +10,8 @@ the old single-file model.py as well as model.py over hyenadna/ops. Both operato
 with the same seed, so they hold the same weights (checked). Before timing, outputs and all
 gradients of the two revisions are compared and the largest relative difference printed (0 for
 a change that moves code without changing the arithmetic). `base` is this tree's operator on its
-plain references (`HyenaOperator.forward_ref`). Times are best of --repeats fwd+bwd (D=128),
-interleaved base, old, new, base, old, new, ...
+plain references (`HyenaOperator.forward_ref`). Times are best of --repeats fwd+bwd (D=128):
+old and new interleaved in alternating order (old, new, new, old, ...), then the baseline.
 """
 
 from __future__ import annotations
@@ -124,8 +124,11 @@ def main() -> None:
         u = torch.randn(args.batch, seqlen, args.d_model, requires_grad=True)
         g = torch.randn(args.batch, seqlen, args.d_model)
         diff = max_rel_diff(old, new, u, g)
-        t = interleaved({"base": fwd_bwd(new.forward_ref, new, u, g),
-                         "old": fwd_bwd(old, old, u, g), "new": fwd_bwd(new, new, u, g)}, args.repeats)
+        # old and new in turns, in alternating order; the baseline after them, on its own (whatever
+        # runs right after its memory-heavy autograd FFTs is slower, which would bias old/new).
+        t = interleaved({"old": fwd_bwd(old, old, u, g), "new": fwd_bwd(new, new, u, g)}, args.repeats,
+                        alternate=True)
+        t |= interleaved({"base": fwd_bwd(new.forward_ref, new, u, g)}, args.repeats)
         base, o, n = min(t["base"]), min(t["old"]), min(t["new"])
         print(f"{seqlen:>8} {base * 1e3:>9.2f} {o * 1e3:>8.2f} {n * 1e3:>8.2f} {n / o:>8.3f} {base / n:>8.2f}x "
               f"{base / o:>8.2f}x {diff:>13.1e} {spread(t['new']):>6}", flush=True)

@@ -34,15 +34,20 @@ def build_operator(d: int, l_max: int) -> nn.Module:
     return HyenaOperator.from_config(HyenaConfig(d_model=d, l_max=l_max))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                alternate: bool = False) -> dict[str, list[float]]:
     """Wall times (s) of each function, run in turns (a, b, c, a, b, c, ...) so that load from other
-    processes on the shared cores hits every variant alike; `warmup` untimed rounds first."""
+    processes on the shared cores hits every variant alike; `warmup` untimed rounds first. With
+    `alternate`, every other round runs in reverse order (a, b, b, a, a, b, ...), so that no
+    variant always runs right after the same other one: a function that follows a memory-heavy
+    one is measurably slower."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats):
+        order = list(fns.items())
+        for name, fn in reversed(order) if alternate and r % 2 else order:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
