@@ -117,12 +117,12 @@ def main() -> None:
           f"best of {args.repeats} (interleaved)")
     print(f"{'L':>8} {'base ms':>9} {'old ms':>8} {'new ms':>8} {'new/old':>8} {'base/new':>9} {'base/old':>9} "
           f"{'max rel diff':>13} {'noise':>6}")
-    for seqlen in args.lengths:
-        old, new = build_operator_at(old_package, args.d_model, seqlen), build_operator(args.d_model, seqlen)
+    for seq_len in args.lengths:
+        old, new = build_operator_at(old_package, args.d_model, seq_len), build_operator(args.d_model, seq_len)
         if not all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values())):
             raise SystemExit("the two revisions' operators do not start from the same weights")
-        u = torch.randn(args.batch, seqlen, args.d_model, requires_grad=True)
-        g = torch.randn(args.batch, seqlen, args.d_model)
+        u = torch.randn(args.batch, seq_len, args.d_model, requires_grad=True)
+        g = torch.randn(args.batch, seq_len, args.d_model)
         diff = max_rel_diff(old, new, u, g)
         # old and new in turns, in alternating order; the baseline after them, on its own (whatever
         # runs right after its memory-heavy autograd FFTs is slower, which would bias old/new).
@@ -130,7 +130,7 @@ def main() -> None:
                         alternate=True)
         t |= interleaved({"base": fwd_bwd(new.forward_ref, new, u, g)}, args.repeats)
         base, o, n = min(t["base"]), min(t["old"]), min(t["new"])
-        print(f"{seqlen:>8} {base * 1e3:>9.2f} {o * 1e3:>8.2f} {n * 1e3:>8.2f} {n / o:>8.3f} {base / n:>8.2f}x "
+        print(f"{seq_len:>8} {base * 1e3:>9.2f} {o * 1e3:>8.2f} {n * 1e3:>8.2f} {n / o:>8.3f} {base / n:>8.2f}x "
               f"{base / o:>8.2f}x {diff:>13.1e} {spread(t['new']):>6}", flush=True)
 
 

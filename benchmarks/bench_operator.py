@@ -42,10 +42,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, L, D) -> (B, L, D)."""
-        b, seqlen, d = x.shape
-        q, k, v = self.qkv(x).view(b, seqlen, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        b, seq_len, d = x.shape
+        q, k, v = self.qkv(x).view(b, seq_len, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(b, seqlen, d))
+        return self.out(y.transpose(1, 2).reshape(b, seq_len, d))
 
 
 def fwd_bwd(fn, module: nn.Module, u: Tensor, grad: Tensor):  # type: ignore[no-untyped-def]
@@ -81,24 +81,24 @@ def main() -> None:
     print(f"{'L':>8} {'baseline ms':>12} {'ours ms':>9} {'speed-up':>9} {'sdpa ms':>9} {'sdpa/ours':>10} "
           f"{'scaling/ideal':>14} {'noise':>6}")
     first: tuple[int, float] | None = None
-    for seqlen in args.lengths:
-        u = torch.randn(args.batch, seqlen, d, requires_grad=True)
-        grad = torch.randn(args.batch, seqlen, d)
+    for seq_len in args.lengths:
+        u = torch.randn(args.batch, seq_len, d, requires_grad=True)
+        grad = torch.randn(args.batch, seq_len, d)
         with torch.no_grad():
             ref, out = op.forward_ref(u), op(u)
             err = ((out - ref).norm() / ref.norm()).item()
-            assert err < 1e-5, f"ours differs from the baseline at L={seqlen}: relative error {err:.2e}"
+            assert err < 1e-5, f"ours differs from the baseline at L={seq_len}: relative error {err:.2e}"
         fns = {"baseline": fwd_bwd(op.forward_ref, op, u, grad),
                "ours": fwd_bwd(op, op, u, grad)}
-        if seqlen <= args.sdpa_max:
+        if seq_len <= args.sdpa_max:
             fns["sdpa"] = fwd_bwd(attn, attn, u, grad)
         # Short runs are the most exposed to other processes on shared cores: give them more tries.
-        t = interleaved(fns, args.repeats * 4 if seqlen <= 4096 else args.repeats)
+        t = interleaved(fns, args.repeats * 4 if seq_len <= 4096 else args.repeats)
         base, ours = min(t["baseline"]), min(t["ours"])
-        first = first or (seqlen, ours)
-        ideal = seqlen * math.log2(seqlen) / (first[0] * math.log2(first[0]))
+        first = first or (seq_len, ours)
+        ideal = seq_len * math.log2(seq_len) / (first[0] * math.log2(first[0]))
         sdpa = f"{min(t['sdpa']) * 1e3:>9.1f} {min(t['sdpa']) / ours:>9.1f}x" if "sdpa" in t else f"{'-':>9} {'-':>10}"
-        print(f"{seqlen:>8} {base * 1e3:>12.1f} {ours * 1e3:>9.1f} {base / ours:>8.2f}x {sdpa} "
+        print(f"{seq_len:>8} {base * 1e3:>12.1f} {ours * 1e3:>9.1f} {base / ours:>8.2f}x {sdpa} "
               f"{ours / first[1] / ideal:>14.2f} {spread(t['ours']):>6}", flush=True)
     if not args.long_lengths:
         return
@@ -106,9 +106,9 @@ def main() -> None:
           f"scaling is fwd+bwd time over the L={first[0] if first else '-'} figure, over ideal L log L")
     print(f"{'L':>8} {'base fwd s':>11} {'ours fwd s':>11} {'speed-up':>9} {'base f+b s':>11} {'ours f+b s':>11} "
           f"{'speed-up':>9} {'scaling/ideal':>14}")
-    for seqlen in args.long_lengths:
-        u = torch.randn(1, seqlen, d, requires_grad=True)
-        grad = torch.randn(1, seqlen, d)
+    for seq_len in args.long_lengths:
+        u = torch.randn(1, seq_len, d, requires_grad=True)
+        grad = torch.randn(1, seq_len, d)
         impls = {"ours": op} if args.no_long_baseline else {"baseline": op.forward_ref, "ours": op}
         # One implementation after the other, not in turns: ours keeps its large buffers for the
         # next step (hyenadna.ops.buffers.BufferPool), which at 1M would sit idle beside the
@@ -123,9 +123,9 @@ def main() -> None:
         bf, bb = (min(fwd["baseline"]), min(t["baseline"])) if "baseline" in t else (math.nan, math.nan)
         scale = "-"
         if first:
-            ideal = seqlen * math.log2(seqlen) / (first[0] * math.log2(first[0]))
+            ideal = seq_len * math.log2(seq_len) / (first[0] * math.log2(first[0]))
             scale = f"{ob / first[1] / ideal:.2f}"
-        print(f"{seqlen:>8} {bf:>11.2f} {of:>11.2f} {bf / of:>8.2f}x {bb:>11.2f} {ob:>11.2f} {bb / ob:>8.2f}x "
+        print(f"{seq_len:>8} {bf:>11.2f} {of:>11.2f} {bf / of:>8.2f}x {bb:>11.2f} {ob:>11.2f} {bb / ob:>8.2f}x "
               f"{scale:>14}", flush=True)
     # ru_maxrss is in kilobytes on Linux
     print(f"# peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")

@@ -3,9 +3,9 @@
 Implicit filter -> Hyena operator -> block -> backbone -> heads; the knobs are
 `hyenadna.config.HyenaConfig`. The kernels each layer calls (FFT long convolution, short
 convolution, projections, the filter MLP) are in `hyenadna.ops`, each fast autograd Function
-beside its plain reference; `use_fast_path=False` runs the model on the references. Module and parameter names follow the official HyenaDNA code
-(HazyResearch/hyena-dna) so that the released checkpoints map onto this model through a fixed
-key table (`hyenadna.checkpoint`). Buffers that are pure functions of the config (positional
+beside its plain reference; `use_fast_path=False` runs the model on the references. Module and
+parameter names follow the official HyenaDNA code (HazyResearch/hyena-dna) so that the released
+checkpoints map onto this model through a fixed key table (`hyenadna.checkpoint`). Buffers that are pure functions of the config (positional
 features `z`, `t` and decay rates `deltas`) are recomputed and never stored in our checkpoints.
 
 Shape legend:
@@ -415,14 +415,14 @@ class HyenaOperator(nn.Module):
 
     # ---- decoding: the same operator one position at a time, with an explicit state
 
-    def init_state(self, batch: int, max_len: int) -> HyenaState:
-        """An empty decoding state for `batch` sequences of up to `max_len` positions; the filter
+    def init_state(self, batch: int, total_len: int) -> HyenaState:
+        """An empty decoding state for `batch` sequences of up to `total_len` positions; the filter
         is computed once, for all of them."""
         orders, d = self.order - 1, self.d_model
-        filt = self.filter_fn.filter(max_len) if self.use_fast_path else self.filter_fn.filter_ref(max_len)
+        filt = self.filter_fn.filter(total_len) if self.use_fast_path else self.filter_fn.filter_ref(total_len)
         device = self.filter_fn.bias.device
-        return HyenaState(k=filt.float().view(orders, d, max_len), bias=self.filter_fn.bias.float().view(orders, d),
-                          inputs=torch.zeros(orders, batch, d, max_len, device=device),
+        return HyenaState(k=filt.float().view(orders, d, total_len), bias=self.filter_fn.bias.float().view(orders, d),
+                          inputs=torch.zeros(orders, batch, d, total_len, device=device),
                           recent=torch.zeros(batch, (self.order + 1) * d, self.short_filter.weight.shape[-1] - 1,
                                              device=device))
 
@@ -597,9 +597,9 @@ class HyenaDNAModel(nn.Module):
                 residual = layer(residual)
         return self.ln_f(residual.to(self.ln_f.weight.dtype))
 
-    def init_states(self, batch: int, max_len: int) -> list[HyenaState]:
+    def init_states(self, batch: int, total_len: int) -> list[HyenaState]:
         """One empty decoding state per layer (see `HyenaOperator.init_state`)."""
-        return [layer.mixer.init_state(batch, max_len) for layer in self.layers]
+        return [layer.mixer.init_state(batch, total_len) for layer in self.layers]
 
     def step(self, input_ids: Tensor, states: list[HyenaState]) -> Tensor:
         """The hidden state of one more token per sequence: input_ids (B,) -> (B, D); advances the states."""
@@ -692,10 +692,10 @@ def pool_hidden(hidden: Tensor, mode: PoolingMode, attention_mask: Tensor | None
     if mode == "mean":
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / n_real.unsqueeze(-1).to(hidden.dtype)
-    seqlen = hidden.shape[1]
+    seq_len = hidden.shape[1]
     if mode == "first":
         return hidden[batch, mask.int().argmax(1)]
-    return hidden[batch, seqlen - 1 - mask.flip(1).int().argmax(1)]
+    return hidden[batch, seq_len - 1 - mask.flip(1).int().argmax(1)]
 
 
 class HyenaDNAForSequenceClassification(PretrainedMixin, nn.Module, task="classification"):

@@ -89,33 +89,33 @@ def causal_conv64(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch
     return F.conv1d(F.pad(u, (u.shape[-1] - 1, 0)), k.flip(-1)[:, None], groups=u.shape[1]) + bias[:, None] * u
 
 
-@pytest.mark.parametrize("seqlen", range(1, 40))
-def test_fft_size_is_smallest_5_smooth_at_least_2l_minus_1(seqlen: int) -> None:
+@pytest.mark.parametrize("seq_len", range(1, 40))
+def test_fft_size_is_smallest_5_smooth_at_least_2l_minus_1(seq_len: int) -> None:
     def smooth(n: int) -> bool:
         for p in (2, 3, 5):
             while n % p == 0:
                 n //= p
         return n == 1
-    want = next(n for n in range(2 * seqlen - 1, 4 * seqlen + 2) if smooth(n))
-    assert fft_size(seqlen) == want
+    want = next(n for n in range(2 * seq_len - 1, 4 * seq_len + 2) if smooth(n))
+    assert fft_size(seq_len) == want
 
 
 def test_fft_size_of_power_of_two_is_2l() -> None:
     assert [fft_size(1 << i) for i in (10, 14, 20)] == [1 << 11, 1 << 15, 1 << 21]
 
 
-@pytest.mark.parametrize("seqlen", [1, 2, 5, 8, 63, 64, 100, 257])
-def test_fftconv_forward_and_backward_equal_direct_conv(seqlen: int) -> None:
-    torch.manual_seed(seqlen)
-    u = torch.randn(3, 4, seqlen, requires_grad=True)
-    k = torch.randn(4, seqlen, requires_grad=True)
+@pytest.mark.parametrize("seq_len", [1, 2, 5, 8, 63, 64, 100, 257])
+def test_fftconv_forward_and_backward_equal_direct_conv(seq_len: int) -> None:
+    torch.manual_seed(seq_len)
+    u = torch.randn(3, 4, seq_len, requires_grad=True)
+    k = torch.randn(4, seq_len, requires_grad=True)
     bias = torch.randn(4, requires_grad=True)
-    g = torch.randn(3, 4, seqlen)
+    g = torch.randn(3, 4, seq_len)
     y, y_ref = fftconv(u, k, bias), causal_conv_direct(u, k, bias)
-    tol = 1e-5 * math.sqrt(seqlen) * 4
+    tol = 1e-5 * math.sqrt(seq_len) * 4
     torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
     for got, want in zip(grads(y, g, [u, k, bias]), grads(y_ref, g, [u, k, bias])):
-        torch.testing.assert_close(got, want, rtol=tol, atol=tol * math.sqrt(3 * seqlen))
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * math.sqrt(3 * seq_len))
 
 
 def test_fftconv_backward_passes_gradcheck() -> None:
@@ -129,29 +129,29 @@ def test_fftconv_backward_passes_gradcheck() -> None:
 
 
 @pytest.mark.parametrize("product_elements", [1 << 24, 100])
-@pytest.mark.parametrize("seqlen", [1, 2, 3, 50])
+@pytest.mark.parametrize("seq_len", [1, 2, 3, 50])
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_short_conv_equals_conv1d_module(seqlen: int, product_elements: int, input_grad: bool) -> None:
+def test_short_conv_equals_conv1d_module(seq_len: int, product_elements: int, input_grad: bool) -> None:
     """Values and gradients to fp64 precision. With the input gradient the weight gradient's
     products go through its buffer; without, through their own, where a small product buffer
     makes the weight gradient run over channel chunks (1 channel at a time at L = 50, batch 2)."""
-    torch.manual_seed(seqlen)
+    torch.manual_seed(seq_len)
     conv = torch.nn.Conv1d(6, 6, kernel_size=3, groups=6, padding=2).double()
-    x = torch.randn(2, 6, seqlen, dtype=torch.float64, requires_grad=input_grad)
-    g = torch.randn(2, 6, seqlen, dtype=torch.float64)
+    x = torch.randn(2, 6, seq_len, dtype=torch.float64, requires_grad=input_grad)
+    g = torch.randn(2, 6, seq_len, dtype=torch.float64)
     params = [x, conv.weight, conv.bias] if input_grad else [conv.weight, conv.bias]
-    y, y_ref = shortconv(x, conv.weight, conv.bias, product_elements), conv(x)[..., :seqlen]
+    y, y_ref = shortconv(x, conv.weight, conv.bias, product_elements), conv(x)[..., :seq_len]
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads(y, g, params), grads(y_ref, g, params)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("order,seqlen", [(2, 1), (2, 33), (2, 80), (3, 47)])
-def test_operator_equals_straightforward_reference(order: int, seqlen: int) -> None:
-    torch.manual_seed(seqlen)
+@pytest.mark.parametrize("order,seq_len", [(2, 1), (2, 33), (2, 80), (3, 47)])
+def test_operator_equals_straightforward_reference(order: int, seq_len: int) -> None:
+    torch.manual_seed(seq_len)
     op = make_operator(order=order)
-    u = torch.randn(2, seqlen, 16, requires_grad=True)
-    g = torch.randn(2, seqlen, 16)
+    u = torch.randn(2, seq_len, 16, requires_grad=True)
+    g = torch.randn(2, seq_len, 16)
     y, y_ref = op(u), op.forward_ref(u)
     bound = 2 * operator_rounding_bound(op, u)  # both are fp32 evaluations of the same exact operator
     assert bound.max() < 1e-3 * y_ref.abs().max()  # tight enough to catch a wrong gate, filter or tap
@@ -200,15 +200,15 @@ def test_model_on_the_references_trains_to_the_same_losses(order: int) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("seqlen", [7, 64])
-def test_chunked_inference_conv_equals_whole(seqlen: int) -> None:
+@pytest.mark.parametrize("seq_len", [7, 64])
+def test_chunked_inference_conv_equals_whole(seq_len: int) -> None:
     torch.manual_seed(0)
-    u, k, bias = torch.randn(2, 10, seqlen), torch.randn(10, seqlen), torch.randn(10)
-    k_f = torch.fft.rfft(k, n=fft_size(seqlen))
+    u, k, bias = torch.randn(2, 10, seq_len), torch.randn(10, seq_len), torch.randn(10)
+    k_f = torch.fft.rfft(k, n=fft_size(seq_len))
     whole = fftconv(u, k, bias)
     bound = 2 * fftconv_rounding_bound(u, k, bias)  # both are fp32 evaluations of the same exact conv
     assert bound.max() < 1e-3 * whole.abs().max()  # tight enough to catch a wrong channel or filter slice
-    for budget in (1, 3 * fft_size(seqlen), 1 << 30):  # 1 channel, a ragged split, one chunk
+    for budget in (1, 3 * fft_size(seq_len), 1 << 30):  # 1 channel, a ragged split, one chunk
         for got in (fftconv_inference(u, bias, k_f=k_f, max_elements=budget),
                     fftconv_inference(u, bias, k=k, max_elements=budget)):
             assert ((got - whole).abs() <= bound).all(), ((got - whole).abs() / bound).max()
@@ -305,13 +305,13 @@ def test_bf16_autocast_stays_close_to_fp32() -> None:
 
 
 def filter_mlp_rounding(filt: HyenaFilter,
-                        seqlen: int) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor, torch.Tensor]:
+                        seq_len: int) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor, torch.Tensor]:
     """The filter MLP's sine layers exact in float64, each value with the variance of the rounding
     error its fp32 evaluation carries (the model of `filter_rounding_bound`): per layer (input s,
     its variance, pre-activation, its variance, argument freq * pre, its variance), then the last
     sine output and its variance, all (L, features)."""
     u = U32
-    z, _ = filt.pos_emb(seqlen)
+    z, _ = filt.pos_emb(seq_len)
     s, var = z[0].double(), torch.zeros_like(z[0], dtype=torch.float64)  # the same fp32 features on every path
     layers = list(filt.implicit_filter)
     records = []
@@ -327,13 +327,13 @@ def filter_mlp_rounding(filt: HyenaFilter,
     return records, s, var
 
 
-def filter_decay(filt: HyenaFilter, seqlen: int) -> torch.Tensor:
+def filter_decay(filt: HyenaFilter, seq_len: int) -> torch.Tensor:
     """The filter's decay (D, L) in float64, 1 without modulation."""
-    decay = filt.modulation.decay(filt.pos_emb(seqlen)[1][:, :, 0])
+    decay = filt.modulation.decay(filt.pos_emb(seq_len)[1][:, :, 0])
     return torch.ones((), dtype=torch.float64) if decay is None else decay.double()
 
 
-def filter_rounding_bound(filt: HyenaFilter, seqlen: int, sigmas: float = 8.0) -> torch.Tensor:
+def filter_rounding_bound(filt: HyenaFilter, seq_len: int, sigmas: float = 8.0) -> torch.Tensor:
     """A bound (D, L) on how far an fp32 evaluation of the filter can be from the exact one.
 
     Probabilistic rounding analysis (Higham & Mary, SIAM J. Sci. Comput. 2019): each rounding is
@@ -343,15 +343,15 @@ def filter_rounding_bound(filt: HyenaFilter, seqlen: int, sigmas: float = 8.0) -
     in float64 and `sigmas` of them returned: any blocking, thread count or SIMD width stays
     inside, while a wrong slice (an O(|h|) error) does not."""
     u = U32
-    _, s, var = filter_mlp_rounding(filt, seqlen)
+    _, s, var = filter_mlp_rounding(filt, seq_len)
     w_out = filt.implicit_filter[-1].weight.double()
     h = w_out @ s.T  # (D, L)
     var_h = (w_out * w_out) @ var.T + w_out.shape[1] * u**2 * ((w_out * w_out) @ (s * s).T)
-    decay = filter_decay(filt, seqlen)
+    decay = filter_decay(filt, seq_len)
     return sigmas * torch.sqrt(var_h * decay**2 + u**2 * (h * decay) ** 2)
 
 
-def filter_gradient_rounding_bounds(filt: HyenaFilter, seqlen: int, g: torch.Tensor,
+def filter_gradient_rounding_bounds(filt: HyenaFilter, seq_len: int, g: torch.Tensor,
                                     sigmas: float = 8.0) -> list[torch.Tensor]:
     """Bounds on how far the fp32 gradients of sum(filter(L) * g) with respect to the filter MLP's
     parameters (`filt.parameters()` without the skip bias, in that order) can be from the exact ones.
@@ -368,9 +368,9 @@ def filter_gradient_rounding_bounds(filt: HyenaFilter, seqlen: int, g: torch.Ten
         """Variance of a.T @ b (K = rows) from the operands' errors and the sum's roundings."""
         return var_a.T @ b**2 + (a**2).T @ var_b + a.shape[0] * u**2 * (a**2).T @ b**2
 
-    records, s, var_s = filter_mlp_rounding(filt, seqlen)
+    records, s, var_s = filter_mlp_rounding(filt, seq_len)
     layers = list(filt.implicit_filter)
-    g, decay = g.double(), filter_decay(filt, seqlen)
+    g, decay = g.double(), filter_decay(filt, seq_len)
     dh = (g * decay).T  # (L, D)
     var_dh = 2 * u**2 * dh**2  # g rounded to fp32, then multiplied by the decay
     w_out = layers[-1].weight.double()
@@ -384,12 +384,12 @@ def filter_gradient_rounding_bounds(filt: HyenaFilter, seqlen: int, g: torch.Ten
         var_da = torch.cos(arg) ** 2 * var_ds + (ds * torch.sin(arg)) ** 2 * var_arg + 2 * u**2 * da**2
         terms = (s_in**2 @ (w**2).T + b**2) * da**2  # (dh s w)^2 summed over input features
         freq_var = (freq_var + (pre**2 * var_da + da**2 * var_pre).sum(0)
-                    + seqlen * (w.shape[1] + 1) * u**2 * terms.sum(0))
+                    + seq_len * (w.shape[1] + 1) * u**2 * terms.sum(0))
         freq_sq = freq_sq + (da * pre).sum(0) ** 2
         dpre = f * da
         var_dpre = f**2 * var_da + u**2 * dpre**2
         out[id(lin.weight)] = product_var(dpre, var_dpre, s_in, var_in)
-        out[id(lin.bias)] = var_dpre.sum(0) + seqlen * u**2 * (dpre**2).sum(0)
+        out[id(lin.bias)] = var_dpre.sum(0) + seq_len * u**2 * (dpre**2).sum(0)
         ds, var_ds = dpre @ w, product_var(dpre.T, var_dpre.T, w, torch.zeros_like(w))
     freq = layers[1].freq  # one Sin module, shared by every layer
     out[id(freq)] = (freq_var + len(records) * u**2 * freq_sq).reshape(freq.shape)
@@ -409,21 +409,21 @@ def operator_rounding_bound(op: HyenaOperator, u: torch.Tensor, sigmas: float = 
     fft_size(L) points, the reference's 2L).
     """
     op64 = copy.deepcopy(op).double()
-    seqlen, d, taps = u.shape[1], op.d_model, op.short_filter.kernel_size[0]
+    seq_len, d, taps = u.shape[1], op.d_model, op.short_filter.kernel_size[0]
     u64 = u.detach().double()
     w, b = op64.in_proj.weight, op64.in_proj.bias
     x, e = (u64 @ w.T + b).mT, (gamma(d + 1) * (u64.abs() @ w.abs().T + b.abs())).mT  # (B, (O+1) D, L)
 
     def short(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-        return F.conv1d(a, w, b, padding=taps - 1, groups=a.shape[1])[..., :seqlen]
+        return F.conv1d(a, w, b, padding=taps - 1, groups=a.shape[1])[..., :seq_len]
 
     w, b = op64.short_filter.weight, op64.short_filter.bias
     x, e = short(x, w, b), short(e, w.abs()) + gamma(taps + 1) * short(x.abs(), w.abs(), b.abs())
     *gates, v = x.split(d, dim=1)
     *gate_errors, ev = e.split(d, dim=1)
     o = op.order - 1
-    h = rearrange(module_filter(op64.filter_fn, seqlen), "(o d) l -> o d l", o=o)
-    eh = rearrange(filter_rounding_bound(op.filter_fn, seqlen, sigmas), "(o d) l -> o d l", o=o)
+    h = rearrange(module_filter(op64.filter_fn, seq_len), "(o d) l -> o d l", o=o)
+    eh = rearrange(filter_rounding_bound(op.filter_fn, seq_len, sigmas), "(o d) l -> o d l", o=o)
     beta = rearrange(op64.filter_fn.bias, "(o d) -> o d", o=o)
     for i, (gate, eg) in enumerate(zip(reversed(gates[1:]), reversed(gate_errors[1:]))):
         p = v * gate
@@ -432,7 +432,7 @@ def operator_rounding_bound(op: HyenaOperator, u: torch.Tensor, sigmas: float = 
         filter_error = causal_conv64(p.square(), eh[i].square(), torch.zeros_like(beta[i])).sqrt()
         ev = (causal_conv64(ep, h[i].abs(), beta[i].abs()) + filter_error
               + torch.maximum(fftconv_rounding_bound(p, h[i], beta[i], sigmas),
-                              fftconv_rounding_bound(p, h[i], beta[i], sigmas, n=2 * seqlen)))
+                              fftconv_rounding_bound(p, h[i], beta[i], sigmas, n=2 * seq_len)))
         v = causal_conv64(p, h[i], beta[i])
     y = v * gates[0]
     ey = (v.abs() * gate_errors[0] + gates[0].abs() * ev + U32 * y.abs()).mT  # (B, L, D)
@@ -476,21 +476,21 @@ def test_parseval_sum_of_half_spectrum_equals_time_domain_dot(n: int) -> None:
     torch.testing.assert_close(parseval_sum(p, n), (a * b).sum(-1), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("seqlen", [1, 5, 14, 64, 113, 1000])
-def test_gated_fftconv_equals_gate_conv_gate(seqlen: int) -> None:
+@pytest.mark.parametrize("seq_len", [1, 5, 14, 64, 113, 1000])
+def test_gated_fftconv_equals_gate_conv_gate(seq_len: int) -> None:
     """The fused order-2 core (one autograd node, gradients written into one buffer, products
     written into padded buffers, the bias gradient by Parseval) equals gate -> direct conv -> gate,
     values and all three gradients, batch of 3; odd FFT sizes (L = 1, 5, 14, 113) and even."""
-    torch.manual_seed(seqlen)
+    torch.manual_seed(seq_len)
     d = 4
-    x = torch.randn(3, 3 * d, seqlen, requires_grad=True)
-    k = torch.randn(d, seqlen, requires_grad=True)
+    x = torch.randn(3, 3 * d, seq_len, requires_grad=True)
+    k = torch.randn(d, seq_len, requires_grad=True)
     bias = torch.randn(d, requires_grad=True)
-    g = torch.randn(3, d, seqlen)
+    g = torch.randn(3, d, seq_len)
     y = GatedFFTConvFn.apply(x, k, bias)
     x0, x1, v = x.split(d, dim=1)
     y_ref = x0 * causal_conv_direct(v * x1, k, bias)
-    tol = 1e-5 * max(1.0, math.sqrt(seqlen))  # fp32 sums of L terms, both sides
+    tol = 1e-5 * max(1.0, math.sqrt(seq_len))  # fp32 sums of L terms, both sides
     torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
     for got, want in zip(grads(y, g, [x, k, bias]), grads(y_ref, g, [x, k, bias])):
         torch.testing.assert_close(got, want, rtol=10 * tol, atol=10 * tol)
@@ -608,10 +608,10 @@ def make_filter(num_inner_mlps: int = 2, train_freq: bool = True, modulate: bool
     return f
 
 
-def module_filter(f: HyenaFilter, seqlen: int) -> torch.Tensor:
+def module_filter(f: HyenaFilter, seq_len: int) -> torch.Tensor:
     """The filter through the modules (autograd), in fp64 when f is: the reference of the fused one."""
-    z, t = f.pos_emb(seqlen)
-    z, t = z[0].to(f.bias.dtype), t.reshape(1, seqlen).to(f.bias.dtype)
+    z, t = f.pos_emb(seq_len)
+    z, t = z[0].to(f.bias.dtype), t.reshape(1, seq_len).to(f.bias.dtype)
     h = f.implicit_filter[-1].weight @ f.implicit_filter[:-1](z).mT
     return h * (torch.exp(-t * f.modulation.deltas.abs().reshape(-1, 1).to(h.dtype)) + f.modulation.shift) \
         if f.modulation.modulate else h
@@ -627,24 +627,24 @@ def test_fused_filter_equals_the_modules_in_fp64(num_inner_mlps: int, train_freq
     for any depth, with a fixed or trainable frequency, with or without decay; the padded form
     carries zeros after L and the same gradients. Values and gradients are compared with fp64
     within the rounding bounds of an fp32 evaluation (`filter_rounding_bound` and its backward)."""
-    seqlen = 257
+    seq_len = 257
     f = make_filter(num_inner_mlps, train_freq, modulate)
     f64 = make_filter(num_inner_mlps, train_freq, modulate).double()
     f64.load_state_dict(f.state_dict())
     f64.pos_emb.z, f64.pos_emb.t = f.pos_emb.z.double(), f.pos_emb.t.double()
-    n = fft_size(seqlen) if padded else None
-    k = f.filter(seqlen, padded_to=n)
+    n = fft_size(seq_len) if padded else None
+    k = f.filter(seq_len, padded_to=n)
     assert type(k.grad_fn).__name__ == "ImplicitFilterFnBackward"
-    assert k.shape == (12, n or seqlen)
+    assert k.shape == (12, n or seq_len)
     if padded:
-        assert torch.all(k[:, seqlen:] == 0)
-    want = module_filter(f64, seqlen)  # fp64 parameters: the module path
-    g = torch.randn(12, seqlen, dtype=torch.float64)
+        assert torch.all(k[:, seq_len:] == 0)
+    want = module_filter(f64, seq_len)  # fp64 parameters: the module path
+    g = torch.randn(12, seq_len, dtype=torch.float64)
     params = [p for p in f.parameters() if p is not f.bias]
-    got_grads = torch.autograd.grad((k[:, :seqlen] * g.float()).sum(), params)
+    got_grads = torch.autograd.grad((k[:, :seq_len] * g.float()).sum(), params)
     want_grads = torch.autograd.grad((want * g).sum(), [p for p in f64.parameters() if p is not f64.bias])
-    bounds = [filter_rounding_bound(f, seqlen), *filter_gradient_rounding_bounds(f, seqlen, g)]
-    for got, ref, bound in zip([k[:, :seqlen], *got_grads], [want, *want_grads], bounds, strict=True):
+    bounds = [filter_rounding_bound(f, seq_len), *filter_gradient_rounding_bounds(f, seq_len, g)]
+    for got, ref, bound in zip([k[:, :seq_len], *got_grads], [want, *want_grads], bounds, strict=True):
         assert got.shape == ref.shape
         assert bound.max() < 1e-3 * ref.abs().max()  # tight enough to catch a wrong term
         assert ((got.double() - ref).abs() <= bound).all(), ((got.double() - ref).abs() / bound).max()
@@ -693,26 +693,26 @@ def test_decay_is_cached_per_positions_and_rebuilt_when_they_or_the_rates_change
     assert f.modulation.decay(t) is not f.modulation.decay(t)
 
 
-@pytest.mark.parametrize("seqlen", [1, 5, 64, 113])
-def test_gated_fftconv_takes_a_zero_padded_filter(seqlen: int) -> None:
+@pytest.mark.parametrize("seq_len", [1, 5, 64, 113])
+def test_gated_fftconv_takes_a_zero_padded_filter(seq_len: int) -> None:
     """The filter may come zero-padded to the FFT size (no padding copy in rfft): same output and
     input/bias gradients, and the filter gradient's first L entries equal the unpadded one."""
-    torch.manual_seed(seqlen)
-    d, n = 4, fft_size(seqlen)
-    x = torch.randn(2, 3 * d, seqlen, requires_grad=True)
-    k = torch.randn(d, seqlen, requires_grad=True)
+    torch.manual_seed(seq_len)
+    d, n = 4, fft_size(seq_len)
+    x = torch.randn(2, 3 * d, seq_len, requires_grad=True)
+    k = torch.randn(d, seq_len, requires_grad=True)
     bias = torch.randn(d, requires_grad=True)
-    k_pad = F.pad(k.detach(), (0, n - seqlen)).requires_grad_()
-    g = torch.randn(2, d, seqlen)
+    k_pad = F.pad(k.detach(), (0, n - seq_len)).requires_grad_()
+    g = torch.randn(2, d, seq_len)
     y, y_pad = GatedFFTConvFn.apply(x, k, bias), GatedFFTConvFn.apply(x, k_pad, bias)
     torch.testing.assert_close(y_pad, y, rtol=1e-6, atol=1e-6)
     gx, gk, gb = grads(y, g, [x, k, bias])
     px, pk, pb = grads(y_pad, g, [x, k_pad, bias])
     assert pk.shape == (d, n)
-    for got, want in ((px, gx), (pk[:, :seqlen], gk), (pb, gb)):
+    for got, want in ((px, gx), (pk[:, :seq_len], gk), (pb, gb)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="neither the input length"):
-        GatedFFTConvFn.apply(x, F.pad(k, (0, 1)) if n > seqlen + 1 else k[:, :0], bias)
+        GatedFFTConvFn.apply(x, F.pad(k, (0, 1)) if n > seq_len + 1 else k[:, :0], bias)
 
 
 class PoisonedPool(BufferPool):

@@ -34,14 +34,14 @@ def operator(d: int = 16, l_max: int = 64, order: int = 2) -> HyenaOperator:
 # ---------------------------------------------------------------- FFT convolution
 
 
-@pytest.mark.parametrize("seqlen", [1, 2, 7, 64, 127, 128, 301])
-def test_fftconv_equals_direct_causal_convolution(seqlen: int) -> None:
-    torch.manual_seed(seqlen)
-    u, k, bias = torch.randn(3, 5, seqlen, dtype=torch.float64), torch.randn(5, seqlen, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+@pytest.mark.parametrize("seq_len", [1, 2, 7, 64, 127, 128, 301])
+def test_fftconv_equals_direct_causal_convolution(seq_len: int) -> None:
+    torch.manual_seed(seq_len)
+    u, k, bias = torch.randn(3, 5, seq_len, dtype=torch.float64), torch.randn(5, seq_len, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     want = causal_conv_direct(u, k, bias)
     got = fftconv(u, k, bias)
     # fftconv computes in fp32 by design; compare at fp32 precision against the fp64 reference
-    torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-4 * math.sqrt(seqlen))
+    torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-4 * math.sqrt(seq_len))
 
 
 def test_direct_causal_conv_is_the_loop() -> None:
@@ -94,16 +94,16 @@ def short_conv_look_aheads(op: HyenaOperator) -> list[str]:
     conv = model_module.shortconv
     w, b = op.short_filter.weight, op.short_filter.bias
     channels, taps = w.shape[0], w.shape[-1]
-    seqlen, s = 20, 10
+    seq_len, s = 20, 10
     found: list[str] = []
-    x = torch.randn(2, channels, seqlen)
+    x = torch.randn(2, channels, seq_len)
     x2 = x.clone()
     x2[..., s] += 1.0
     with torch.no_grad():
         y, y2 = conv(x, w, b), conv(x2, w, b)
     if not (torch.equal(y[..., :s], y2[..., :s]) and (y[..., s] != y2[..., s]).all()):
         found.append("forward")
-    for t in (0, 7, seqlen - 1):
+    for t in (0, 7, seq_len - 1):
         xt = x[:1].clone().requires_grad_()
         out = conv(xt, w, b)
         g = torch.zeros_like(out)
@@ -117,7 +117,7 @@ def short_conv_look_aheads(op: HyenaOperator) -> list[str]:
             found.append("input gradient")
         if not torch.equal(gw, want_gw) and "weight gradient" not in found:
             found.append("weight gradient")
-    u = torch.randn(2, seqlen, op.d_model)
+    u = torch.randn(2, seq_len, op.d_model)
     u2 = u.clone()
     u2[:, s] += 1.0
     whole = op.inference_chunk_elements
