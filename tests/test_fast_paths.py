@@ -28,6 +28,8 @@ from hyenadna.ops import (
     fftconv,
     fftconv_inference,
     gated_fftconv,
+    implicit_filter,
+    implicit_filter_ref,
     linear_channels_first,
     linear_channels_last,
     parseval_sum,
@@ -648,6 +650,31 @@ def test_fused_filter_equals_the_modules_in_fp64(num_inner_mlps: int, train_freq
         assert got.shape == ref.shape
         assert bound.max() < 1e-3 * ref.abs().max()  # tight enough to catch a wrong term
         assert ((got.double() - ref).abs() <= bound).all(), ((got.double() - ref).abs() / bound).max()
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_implicit_filter_kernel_equals_its_reference_in_fp64(padded: bool) -> None:
+    """`ops.implicit_filter` (frequency folded into the weights, hand-written backward) and
+    `ops.implicit_filter_ref` (plain autograd) on the same fp64 tensors: one computation, two
+    orders of the same roundings, so values and every gradient agree to fp64 rounding."""
+    torch.manual_seed(0)
+    seq_len, e, f_dim, d = 37, 5, 8, 6
+    z = torch.randn(seq_len, e, dtype=torch.float64, requires_grad=True)
+    decay = torch.rand(d, seq_len, dtype=torch.float64)
+    freq = torch.empty(1, f_dim, dtype=torch.float64).uniform_(5.0, 15.0).requires_grad_()
+    w_out = torch.randn(d, f_dim, dtype=torch.float64, requires_grad=True)
+    linear = [torch.randn(f_dim, e, dtype=torch.float64), torch.randn(f_dim, dtype=torch.float64),
+              torch.randn(f_dim, f_dim, dtype=torch.float64) / 3, torch.randn(f_dim, dtype=torch.float64)]
+    linear = [t.requires_grad_() for t in linear]
+    n = fft_size(seq_len) if padded else None
+    k = implicit_filter(z, decay, freq, w_out, linear, padded_to=n)
+    k_ref = implicit_filter_ref(z, decay, freq, w_out, linear)
+    assert k.shape == (d, n or seq_len) and (not padded or torch.all(k[:, seq_len:] == 0))
+    g = torch.randn(d, seq_len, dtype=torch.float64)
+    inputs = [z, freq, w_out, *linear]
+    torch.testing.assert_close(k[:, :seq_len], k_ref, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads(k[:, :seq_len], g, inputs), grads(k_ref, g, inputs)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * max(1.0, want.abs().max().item()))
 
 
 def test_filter_falls_back_to_the_modules_when_hooked_or_not_fp32() -> None:
