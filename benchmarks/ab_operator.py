@@ -114,7 +114,7 @@ def main() -> None:
         buffer_pool_at(old_package).enable(buffer_pool.enabled)  # both revisions with the same memory settings
     print(f"# machine: {machine()}; {memory}")
     print(f"# operator fwd+bwd, D={args.d_model}, batch {args.batch}, fp32: old = {args.against}, new = this tree; "
-          f"best of {args.repeats} (interleaved)")
+          f"best of {args.repeats} (old and new interleaved in alternating order, then base)")
     print(f"{'L':>8} {'base ms':>9} {'old ms':>8} {'new ms':>8} {'new/old':>8} {'base/new':>9} {'base/old':>9} "
           f"{'max rel diff':>13} {'noise':>6}")
     for seq_len in args.lengths:
