@@ -35,7 +35,8 @@ import time
 
 import torch
 
-from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM, fft_size
+from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
+from hyenadna.ops import fft_size
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring, datasheet values.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
@@ -43,12 +44,12 @@ BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "
                     "A10G": 125.0, "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0}
 
 
-def forward_flops_per_token(cfg: HyenaConfig, seqlen: int, batch: int) -> float:
-    """Forward FLOPs per token of the whole model at length `seqlen` (see the module docstring)."""
-    d, inner, n = cfg.d_model, cfg.d_inner, fft_size(seqlen)
+def forward_flops_per_token(cfg: HyenaConfig, seq_len: int, batch: int) -> float:
+    """Forward FLOPs per token of the whole model at length `seq_len` (see the module docstring)."""
+    d, inner, n = cfg.d_model, cfg.d_inner, fft_size(seq_len)
     assert inner is not None
     dense = 2 * (3 * d * d + d * d + 2 * d * inner)
-    fft = (3 * 2.5 * n * math.log2(n) + 6 * (n // 2 + 1)) * d / seqlen
+    fft = (3 * 2.5 * n * math.log2(n) + 6 * (n // 2 + 1)) * d / seq_len
     short = 2 * cfg.short_filter_order * 3 * d
     gating = 2 * d
     filt = 2 * (cfg.emb_dim * cfg.filter_order + cfg.num_inner_mlps * cfg.filter_order ** 2
@@ -88,14 +89,14 @@ def main() -> None:
     print("# HyenaDNA 8 x 256 (d_inner 1024), bf16 autocast, gradient checkpointing, AdamW; "
           f"median of {args.steps} steps after 1 warm-up")
     print(f"{'L':>9} {'batch':>5} {'step s':>8} {'tokens/s':>11} {'peak GiB':>9} {'TFLOP/s':>8} {'MFU':>6} {'HFU':>6}")
-    for seqlen in args.lengths:
-        batch = max(1, args.tokens // seqlen)
-        cfg = HyenaConfig.preset("large-1m", l_max=max(seqlen, 2), gradient_checkpointing=True)
+    for seq_len in args.lengths:
+        batch = max(1, args.tokens // seq_len)
+        cfg = HyenaConfig.preset("large-1m", l_max=max(seq_len, 2), gradient_checkpointing=True)
         torch.manual_seed(0)
         model = HyenaDNAForCausalLM(cfg).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1,
                                 fused=device.type == "cuda")
-        data = torch.randint(7, 11, (batch, seqlen + 1), device=device)
+        data = torch.randint(7, 11, (batch, seq_len + 1), device=device)
         ids, targets = data[:, :-1], data[:, 1:]
 
         def step() -> None:
@@ -124,17 +125,17 @@ def main() -> None:
                     step()
                     times.append(time.perf_counter() - t0)
         except torch.OutOfMemoryError:
-            print(f"{seqlen:>9} {batch:>5} {'out of memory':>30}")
+            print(f"{seq_len:>9} {batch:>5} {'out of memory':>30}")
             del model, opt
             torch.cuda.empty_cache()
             continue
         step_s = statistics.median(times)
-        tokens_s = batch * seqlen / step_s
-        flops = forward_flops_per_token(cfg, seqlen, batch) * tokens_s
+        tokens_s = batch * seq_len / step_s
+        flops = forward_flops_per_token(cfg, seq_len, batch) * tokens_s
         mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
         mfu = f"{3 * flops / (peak * 1e12):.1%}" if peak else "-"
         hfu = f"{4 * flops / (peak * 1e12):.1%}" if peak else "-"
-        print(f"{seqlen:>9} {batch:>5} {step_s:>8.3f} {tokens_s:>11,.0f} {mem:>9.1f} {3 * flops / 1e12:>8.1f} "
+        print(f"{seq_len:>9} {batch:>5} {step_s:>8.3f} {tokens_s:>11,.0f} {mem:>9.1f} {3 * flops / 1e12:>8.1f} "
               f"{mfu:>6} {hfu:>6}", flush=True)
         del model, opt, data, ids, targets
         if device.type == "cuda":

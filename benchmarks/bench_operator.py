@@ -7,9 +7,10 @@
         --keep-freed-memory --no-long-baseline       # scaling to 1M with freed memory reused
 
 Three implementations of one layer of width D, batch 1 (--batch), fp32, timed in turns in the same run:
-  ours      hyenadna.model.HyenaOperator (hand-written FFT-conv backward, 5-smooth FFT sizes)
-  baseline  the same math written the obvious way (kept below): autograd through rfft/irfft at
-            n = 2L; it shares the parameters of `ours`, and the two outputs are checked equal
+  ours      hyenadna.model.HyenaOperator (the fast kernels of hyenadna.ops)
+  baseline  the same operator on the plain references, `HyenaOperator.forward_ref`
+            (hyenadna.ops.hyena_operator_ref: module calls, layout transposes, nn.Conv1d's short
+            conv, autograd through rfft/irfft at n = 2L); same parameters, outputs checked equal
   sdpa      causal multi-head attention of the same width (8 heads x 16): qkv projection,
             torch scaled_dot_product_attention, output projection
 Best of --repeats (4x as many up to 4k); `noise` is how far the median of `ours` sat above its best. The scaling column
@@ -27,34 +28,7 @@ import torch.nn.functional as F
 from common import add_memory_flags, apply_memory_flags, build_operator, interleaved, machine, spread
 from torch import Tensor, nn
 
-from hyenadna.model import HyenaFilter, HyenaOperator
-from hyenadna.runtime import buffers
-
-
-def baseline_fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
-    """Causal FFT convolution the obvious way: pad to 2L, autograd through rfft/irfft."""
-    seqlen = u.shape[-1]
-    k_f = torch.fft.rfft(k, n=2 * seqlen)
-    u_f = torch.fft.rfft(u, n=2 * seqlen)
-    y = torch.fft.irfft(u_f * k_f, n=2 * seqlen)[..., :seqlen]
-    return y + u * bias.unsqueeze(-1)
-
-
-def baseline_filter(f: HyenaFilter, seqlen: int) -> Tensor:
-    """Implicit filter (D, L): MLP of the positional features times the exponential decay."""
-    z, t = f.pos_emb.z[:, :seqlen], f.pos_emb.t[:, :seqlen]
-    h = f.implicit_filter(z) * (torch.exp(-t * f.modulation.deltas.abs()) + f.modulation.shift)
-    return h[0].transpose(0, 1)
-
-
-def baseline_operator(op: HyenaOperator, u: Tensor) -> Tensor:
-    """Order-2 Hyena operator (B, L, D) -> (B, L, D), written straightforwardly with op's parameters."""
-    seqlen = u.shape[1]
-    x = op.in_proj(u).transpose(1, 2)
-    x = op.short_filter(x)[..., :seqlen]
-    x0, x1, v = x.split(op.d_model, dim=1)
-    v = baseline_fftconv(v * x1, baseline_filter(op.filter_fn, seqlen), op.filter_fn.bias)
-    return op.out_proj((v * x0).transpose(1, 2))
+from hyenadna.ops.buffers import buffer_pool
 
 
 class CausalSelfAttention(nn.Module):
@@ -68,10 +42,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, L, D) -> (B, L, D)."""
-        b, seqlen, d = x.shape
-        q, k, v = self.qkv(x).view(b, seqlen, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        b, seq_len, d = x.shape
+        q, k, v = self.qkv(x).view(b, seq_len, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(b, seqlen, d))
+        return self.out(y.transpose(1, 2).reshape(b, seq_len, d))
 
 
 def fwd_bwd(fn, module: nn.Module, u: Tensor, grad: Tensor):  # type: ignore[no-untyped-def]
@@ -107,24 +81,24 @@ def main() -> None:
     print(f"{'L':>8} {'baseline ms':>12} {'ours ms':>9} {'speed-up':>9} {'sdpa ms':>9} {'sdpa/ours':>10} "
           f"{'scaling/ideal':>14} {'noise':>6}")
     first: tuple[int, float] | None = None
-    for seqlen in args.lengths:
-        u = torch.randn(args.batch, seqlen, d, requires_grad=True)
-        grad = torch.randn(args.batch, seqlen, d)
+    for seq_len in args.lengths:
+        u = torch.randn(args.batch, seq_len, d, requires_grad=True)
+        grad = torch.randn(args.batch, seq_len, d)
         with torch.no_grad():
-            ref, out = baseline_operator(op, u), op(u)
+            ref, out = op.forward_ref(u), op(u)
             err = ((out - ref).norm() / ref.norm()).item()
-            assert err < 1e-5, f"ours differs from the baseline at L={seqlen}: relative error {err:.2e}"
-        fns = {"baseline": fwd_bwd(lambda x: baseline_operator(op, x), op, u, grad),
+            assert err < 1e-5, f"ours differs from the baseline at L={seq_len}: relative error {err:.2e}"
+        fns = {"baseline": fwd_bwd(op.forward_ref, op, u, grad),
                "ours": fwd_bwd(op, op, u, grad)}
-        if seqlen <= args.sdpa_max:
+        if seq_len <= args.sdpa_max:
             fns["sdpa"] = fwd_bwd(attn, attn, u, grad)
         # Short runs are the most exposed to other processes on shared cores: give them more tries.
-        t = interleaved(fns, args.repeats * 4 if seqlen <= 4096 else args.repeats)
+        t = interleaved(fns, args.repeats * 4 if seq_len <= 4096 else args.repeats)
         base, ours = min(t["baseline"]), min(t["ours"])
-        first = first or (seqlen, ours)
-        ideal = seqlen * math.log2(seqlen) / (first[0] * math.log2(first[0]))
+        first = first or (seq_len, ours)
+        ideal = seq_len * math.log2(seq_len) / (first[0] * math.log2(first[0]))
         sdpa = f"{min(t['sdpa']) * 1e3:>9.1f} {min(t['sdpa']) / ours:>9.1f}x" if "sdpa" in t else f"{'-':>9} {'-':>10}"
-        print(f"{seqlen:>8} {base * 1e3:>12.1f} {ours * 1e3:>9.1f} {base / ours:>8.2f}x {sdpa} "
+        print(f"{seq_len:>8} {base * 1e3:>12.1f} {ours * 1e3:>9.1f} {base / ours:>8.2f}x {sdpa} "
               f"{ours / first[1] / ideal:>14.2f} {spread(t['ours']):>6}", flush=True)
     if not args.long_lengths:
         return
@@ -132,16 +106,16 @@ def main() -> None:
           f"scaling is fwd+bwd time over the L={first[0] if first else '-'} figure, over ideal L log L")
     print(f"{'L':>8} {'base fwd s':>11} {'ours fwd s':>11} {'speed-up':>9} {'base f+b s':>11} {'ours f+b s':>11} "
           f"{'speed-up':>9} {'scaling/ideal':>14}")
-    for seqlen in args.long_lengths:
-        u = torch.randn(1, seqlen, d, requires_grad=True)
-        grad = torch.randn(1, seqlen, d)
-        impls = {"ours": op} if args.no_long_baseline else {"baseline": lambda x: baseline_operator(op, x), "ours": op}
+    for seq_len in args.long_lengths:
+        u = torch.randn(1, seq_len, d, requires_grad=True)
+        grad = torch.randn(1, seq_len, d)
+        impls = {"ours": op} if args.no_long_baseline else {"baseline": op.forward_ref, "ours": op}
         # One implementation after the other, not in turns: ours keeps its large buffers for the
-        # next step (hyenadna.runtime.BufferPool), which at 1M would sit idle beside the
+        # next step (hyenadna.ops.buffers.BufferPool), which at 1M would sit idle beside the
         # baseline's own gigabytes; they are released before each implementation's runs.
         fwd, t = {}, {}
         for k, f in impls.items():
-            buffers.release()
+            buffer_pool.release()
             with torch.no_grad():
                 fwd[k] = interleaved({k: lambda f=f: f(u)}, args.long_repeats, warmup=0)[k]
             t[k] = interleaved({k: fwd_bwd(f, op, u, grad)}, args.long_repeats, warmup=0)[k]
@@ -149,9 +123,9 @@ def main() -> None:
         bf, bb = (min(fwd["baseline"]), min(t["baseline"])) if "baseline" in t else (math.nan, math.nan)
         scale = "-"
         if first:
-            ideal = seqlen * math.log2(seqlen) / (first[0] * math.log2(first[0]))
+            ideal = seq_len * math.log2(seq_len) / (first[0] * math.log2(first[0]))
             scale = f"{ob / first[1] / ideal:.2f}"
-        print(f"{seqlen:>8} {bf:>11.2f} {of:>11.2f} {bf / of:>8.2f}x {bb:>11.2f} {ob:>11.2f} {bb / ob:>8.2f}x "
+        print(f"{seq_len:>8} {bf:>11.2f} {of:>11.2f} {bf / of:>8.2f}x {bb:>11.2f} {ob:>11.2f} {bb / ob:>8.2f}x "
               f"{scale:>14}", flush=True)
     # ru_maxrss is in kilobytes on Linux
     print(f"# peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from common import add_memory_flags, apply_memory_flags, build_operator, machine
 
-from hyenadna import model
+from hyenadna.ops import GatedFFTConvFn, ImplicitFilterFn, ProjectionFn, ShortConvFn
 
-PARTS = {"projections": model._ProjectionFn, "short conv": model._ShortConvFn,
-         "implicit filter": model._ImplicitFilterFn, "gated FFT conv": model._GatedFFTConvFn}
+PARTS = {"projections": ProjectionFn, "short conv": ShortConvFn, "implicit filter": ImplicitFilterFn,
+         "gated FFT conv": GatedFFTConvFn}
 
 
 def timed(fn: Callable[..., Any], key: str, acc: dict[str, float]) -> Callable[..., Any]:

@@ -13,7 +13,7 @@ and prints per step: wall clock, user and sys CPU seconds, minor page faults (ge
 process's peak RSS. Every large tensor is a fresh mmap that the kernel faults in and zeroes: 2 MB
 at a time with huge pages (the default here and in train.py), 4 KB at a time with
 --no-huge-pages. The model's Functions reuse their large buffers across steps unless
---no-buffer-reuse (hyenadna.runtime.BufferPool); --keep-freed-memory applies
+--no-buffer-reuse (hyenadna.ops.buffers.BufferPool); --keep-freed-memory applies
 hyenadna.runtime.keep_freed_memory first, so every freed block is reused. --count-allocations
 adds one profiled step (torch.profiler, profile_memory) and prints how much memory it allocated
 afresh, also in units of one (D, L) fp32 tensor: the volume the kernel has to map and zero when
@@ -46,8 +46,8 @@ def main() -> None:
     add_memory_flags(p)
     args = p.parse_args()
     memory = apply_memory_flags(args)
-    d, seqlen = args.d_model, args.length
-    step = model_step(d, seqlen) if args.model else operator_step(d, seqlen)
+    d, seq_len = args.d_model, args.length
+    step = model_step(d, seq_len) if args.model else operator_step(d, seq_len)
     step()  # warm-up
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(args.steps):
@@ -59,20 +59,20 @@ def main() -> None:
     faults = (after.ru_minflt - before.ru_minflt) / args.steps
     print(f"# machine: {machine()}; {memory}")
     what = "tiny LM (2 layers) fwd + loss + bwd + AdamW" if args.model else "Hyena operator fwd+bwd"
-    print(f"# {what}, D={d}, L={seqlen:,}, batch 1, fp32, mean of {args.steps} steps after a warm-up")
+    print(f"# {what}, D={d}, L={seq_len:,}, batch 1, fp32, mean of {args.steps} steps after a warm-up")
     print(f"{'wall s':>8} {'user s':>8} {'sys s':>8} {'page faults':>12} {'peak RSS GB':>12}")
     print(f"{wall:>8.4f} {user:>8.4f} {sys_:>8.4f} {faults:>12,.0f} {after.ru_maxrss / 1e6:>12.2f}")
     if args.count_allocations:
         allocated = allocated_bytes(step)
-        unit = d * seqlen * 4
+        unit = d * seq_len * 4
         print(f"# allocated in one profiled step: {allocated / 1e9:.2f} GB = {allocated / unit:.1f} x (D, L) fp32")
 
 
-def operator_step(d: int, seqlen: int) -> Callable[[], None]:
+def operator_step(d: int, seq_len: int) -> Callable[[], None]:
     """One forward+backward of a Hyena operator on a fixed (1, L, D) input, grads dropped after."""
-    op = build_operator(d, seqlen)
-    u = torch.randn(1, seqlen, d, requires_grad=True)
-    grad = torch.randn(1, seqlen, d)
+    op = build_operator(d, seq_len)
+    u = torch.randn(1, seq_len, d, requires_grad=True)
+    grad = torch.randn(1, seq_len, d)
 
     def step() -> None:
         op(u).backward(grad)
@@ -81,12 +81,12 @@ def operator_step(d: int, seqlen: int) -> Callable[[], None]:
     return step
 
 
-def model_step(d: int, seqlen: int) -> Callable[[], None]:
+def model_step(d: int, seq_len: int) -> Callable[[], None]:
     """One training step of a 2-layer LM of width d on one random DNA sequence of L tokens."""
     torch.manual_seed(0)
-    model = HyenaDNAForCausalLM(HyenaConfig(d_model=d, n_layer=2, l_max=seqlen))
+    model = HyenaDNAForCausalLM(HyenaConfig(d_model=d, n_layer=2, l_max=seq_len))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(7, 11, (1, seqlen + 1))  # A, C, G, T
+    ids = torch.randint(7, 11, (1, seq_len + 1))  # A, C, G, T
 
     def step() -> None:
         model(ids[:, :-1], targets=ids[:, 1:]).loss.backward()

@@ -3,10 +3,10 @@
     python benchmarks/bench_train.py [--preset tiny-1k] [--batch 8] [--length 1024] [--steps 10] [--compile]
 
 One training step = forward, mean token cross-entropy, backward, AdamW step, zero_grad; tokens/s
-counts batch x length per step. `baseline` is the same model (a copy of the same weights) run
-through the straightforward operator of bench_operator.py (module calls, layout transposes,
-oneDNN depthwise conv, autograd through rfft/irfft at 2L): the minimal implementation the issue
-compares against. The two alternate step by step (interleaved), best of --steps after one warm-up
+counts batch x length per step. `baseline` is the same model (a copy of the same weights) built
+with `use_fast_path=False`: every layer on the plain references of hyenadna.ops (module calls,
+layout transposes, oneDNN depthwise conv, autograd through rfft/irfft at 2L), the minimal
+implementation to compare against. The two alternate step by step (interleaved), best of --steps after one warm-up
 step each; `noise` is how far the median step sat above the best. `--compile` adds `compiled`: a
 third copy with its blocks under `hyenadna.compile.compile_model` (torch.compile, inductor),
 interleaved with the other two; its first step, which compiles, is timed on its own.
@@ -16,28 +16,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import replace
 import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from bench_operator import baseline_operator
 from common import add_memory_flags, apply_memory_flags, interleaved, machine, spread
 from torch import Tensor
 
 from hyenadna.compile import compile_model, is_compiled
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
-
-
-def baseline_loss(model: HyenaDNAForCausalLM, ids: Tensor, targets: Tensor) -> Tensor:
-    """Next-token loss of `model`'s weights through the straightforward Hyena operator."""
-    bb = model.backbone
-    residual = bb.embed_dropout(bb.embeddings(ids))
-    for layer in bb.layers:
-        residual = residual + layer.dropout(baseline_operator(layer.mixer, layer.norm1(residual)))
-        residual = residual + layer.dropout(layer.mlp(layer.norm2(residual)))
-    logits = model.lm_head(bb.ln_f(residual))
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def main() -> None:
@@ -53,12 +41,13 @@ def main() -> None:
     memory = apply_memory_flags(args)
     torch.manual_seed(0)
     ours = HyenaDNAForCausalLM(HyenaConfig.preset(args.preset, l_max=max(args.length, 1026)))
-    base = copy.deepcopy(ours)
+    base = HyenaDNAForCausalLM(replace(ours.config, use_fast_path=False))
+    base.load_state_dict(ours.state_dict())
     data = torch.randint(7, 11, (args.batch, args.length + 1))
     ids, targets = data[:, :-1], data[:, 1:]
     with torch.no_grad():
         ours.eval(), base.eval()
-        a, b = ours(ids, targets=targets).loss, baseline_loss(base, ids, targets)
+        a, b = ours(ids, targets=targets).loss, base(ids, targets=targets).loss
         assert torch.allclose(a, b, rtol=1e-5), f"ours and baseline disagree: {a.item()} vs {b.item()}"
         ours.train(), base.train()
 
@@ -72,7 +61,7 @@ def main() -> None:
     def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1)
 
-    steps = {"baseline": train_step(lambda: baseline_loss(base, ids, targets), adamw(base)),
+    steps = {"baseline": train_step(lambda: base(ids, targets=targets).loss, adamw(base)),
              "ours": train_step(lambda: ours(ids, targets=targets).loss, adamw(ours))}
     compile_note = ""
     if args.compile:

@@ -8,13 +8,13 @@ import platform
 import resource
 import time
 from collections.abc import Callable
-from types import ModuleType
 
 import torch
 from torch import nn
 
-from hyenadna import model as hyenadna_model
-from hyenadna.runtime import buffers, huge_pages_state, keep_freed_memory, use_huge_pages
+from hyenadna.model import HyenaConfig, HyenaOperator
+from hyenadna.ops.buffers import buffer_pool
+from hyenadna.runtime import huge_pages_state, keep_freed_memory, use_huge_pages
 
 
 def machine() -> str:
@@ -28,26 +28,26 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def build_operator(d: int, l_max: int, model: ModuleType = hyenadna_model) -> nn.Module:
-    """One order-2 Hyena operator of width d with the default filter settings, seeded 0; `model` is
-    hyenadna.model or another revision's copy of it (ab_operator.py)."""
-    cfg = model.HyenaConfig(d_model=d, l_max=l_max)
+def build_operator(d: int, l_max: int) -> nn.Module:
+    """One order-2 Hyena operator of width d with the default filter settings, seeded 0."""
     torch.manual_seed(0)
-    return model.HyenaOperator(d, l_max, emb_dim=cfg.emb_dim, filter_order=cfg.filter_order,
-                               num_inner_mlps=cfg.num_inner_mlps, activation_freq=cfg.activation_freq,
-                               train_freq=cfg.train_freq, modulate=cfg.modulate, fast_decay_pct=cfg.fast_decay_pct,
-                               slow_decay_pct=cfg.slow_decay_pct, decay_target=cfg.decay_target, shift=cfg.shift)
+    return HyenaOperator.from_config(HyenaConfig(d_model=d, l_max=l_max))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                alternate: bool = False) -> dict[str, list[float]]:
     """Wall times (s) of each function, run in turns (a, b, c, a, b, c, ...) so that load from other
-    processes on the shared cores hits every variant alike; `warmup` untimed rounds first."""
+    processes on the shared cores hits every variant alike; `warmup` untimed rounds first. With
+    `alternate`, every other round runs in reverse order (a, b, b, a, a, b, ...), so that no
+    variant always runs right after the same other one: a function that follows a memory-heavy
+    one is measurably slower."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats):
+        order = list(fns.items())
+        for name, fn in reversed(order) if alternate and r % 2 else order:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -76,7 +76,7 @@ def add_memory_flags(p: argparse.ArgumentParser) -> None:
                         "sequences stop paying the kernel to fault in and zero fresh pages every step")
     p.add_argument("--no-buffer-reuse", action="store_true",
                    help="the model's large CPU buffers are allocated fresh at every step (the default reuses "
-                        "them across steps: hyenadna.runtime.BufferPool, cpu_reuse_buffers in the configs)")
+                        "them across steps: hyenadna.ops.buffers.BufferPool, cpu_reuse_buffers in the configs)")
 
 
 def apply_memory_flags(args: argparse.Namespace) -> str:
@@ -88,7 +88,7 @@ def apply_memory_flags(args: argparse.Namespace) -> str:
         raise SystemExit(f"huge pages requested but off: {why} (--no-huge-pages to run without)")
     if args.keep_freed_memory and (why := keep_freed_memory()):
         raise SystemExit(f"--keep-freed-memory: {why}")
-    buffers.enable(not args.no_buffer_reuse)
+    buffer_pool.enable(not args.no_buffer_reuse)
     return (f"huge pages {'on' if on else 'off'}; "
             f"freed memory {'kept for reuse' if args.keep_freed_memory else 'returned (default)'}; "
-            f"model buffers {'reused' if buffers.enabled else 'fresh each step'}")
+            f"model buffers {'reused' if buffer_pool.enabled else 'fresh each step'}")

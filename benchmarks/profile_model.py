@@ -60,19 +60,19 @@ def main() -> None:
     memory = apply_memory_flags(args)
     print(f"# machine: {machine()}; {memory}")
     for shape in args.shapes:
-        for seqlen in args.lengths:
+        for seq_len in args.lengths:
             for mode in args.modes:
-                label = f"{shape} ({SHAPES[shape]['n_layer']} x {SHAPES[shape]['d_model']}), L={seqlen:,}, {mode}"
-                too_long = ((mode == "fwdbwd" and seqlen > args.max_fwdbwd)
-                            or (shape == "large" and seqlen > args.max_large)
-                            or (shape == "large" and mode == "fwdbwd" and seqlen > args.max_large_fwdbwd))
+                label = f"{shape} ({SHAPES[shape]['n_layer']} x {SHAPES[shape]['d_model']}), L={seq_len:,}, {mode}"
+                too_long = ((mode == "fwdbwd" and seq_len > args.max_fwdbwd)
+                            or (shape == "large" and seq_len > args.max_large)
+                            or (shape == "large" and mode == "fwdbwd" and seq_len > args.max_large_fwdbwd))
                 if too_long:
                     print(f"\n## {label}: skipped (too slow on this CPU; raise --max-fwdbwd / --max-large / --max-large-fwdbwd)")
                     continue
                 torch.manual_seed(0)
-                model = HyenaDNAForCausalLM(HyenaConfig(**SHAPES[shape], l_max=seqlen + 1))
-                batch = max(1, 8192 // seqlen)
-                data = torch.randint(7, 11, (batch, seqlen + 1))
+                model = HyenaDNAForCausalLM(HyenaConfig(**SHAPES[shape], l_max=seq_len + 1))
+                batch = max(1, 8192 // seq_len)
+                data = torch.randint(7, 11, (batch, seq_len + 1))
                 ids, targets = data[:, :-1], data[:, 1:]
 
                 def step() -> None:

@@ -1,6 +1,6 @@
 """hyenadna: long-context DNA language models built on the Hyena operator (HyenaDNA).
 
-Public API; everything else is imported from its module (e.g. ``hyenadna.model.fftconv``).
+Public API; everything else is imported from its module (e.g. ``hyenadna.ops.fftconv``).
 """
 
 from hyenadna.model import (

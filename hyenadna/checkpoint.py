@@ -49,12 +49,12 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM, HyenaDNAForSequenceClassification
+from hyenadna.config import HyenaConfig
 from hyenadna.tokenizer import CharTokenizer
 
 FORMAT_NAME = "hyenadna"
@@ -65,7 +65,6 @@ TOKENIZER_NAME = "tokenizer.json"
 EXTRA_PREFIX = "extra."  # tensors outside the model (e.g. a soft prompt) kept by `convert`
 
 Task = Literal["auto", "causal_lm", "classification"]
-Model = HyenaDNAForCausalLM | HyenaDNAForSequenceClassification
 
 # --------------------------------------------------------------------------------------------
 # Key table of the official checkpoints
@@ -262,7 +261,7 @@ _STANDIN_GLOBALS = (
     "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode", "omegaconf.nodes.IntegerNode",
     "omegaconf.nodes.FloatNode", "omegaconf.nodes.BooleanNode", "omegaconf.nodes.BytesNode",
     "omegaconf.nodes.PathNode", "omegaconf.base.Metadata", "omegaconf.base.ContainerMetadata",
-    "typing.Any", "hyenadna.model.HyenaConfig",
+    "typing.Any", "hyenadna.model.HyenaConfig", "hyenadna.config.HyenaConfig",
 )
 _STANDINS: dict[str, type] = {
     name: type(name.rsplit(".", 1)[1], (_Inert,), {"__module__": __name__}) for name in _STANDIN_GLOBALS
@@ -809,7 +808,7 @@ def load_state_dict_checked(model: nn.Module, sd: dict[str, Tensor], source: str
 
 def build_model(ckpt: Checkpoint, task: Task = "auto", num_labels: int | None = None,
                 pooling: str | None = None, problem_type: str | None = None,
-                check_buffers: Literal["error", "warn"] = "error") -> Model:
+                check_buffers: Literal["error", "warn"] = "error") -> PretrainedMixin:
     """Build the model a `Checkpoint` describes and load its weights (see `load_pretrained`)."""
     if task == "auto":
         task = "classification" if ckpt.head is not None else "causal_lm"
@@ -817,7 +816,7 @@ def build_model(ckpt: Checkpoint, task: Task = "auto", num_labels: int | None = 
     if task == "causal_lm":
         if num_labels is not None:
             raise ValueError("num_labels is only meaningful with task='classification'")
-        model: Model = HyenaDNAForCausalLM(ckpt.config)
+        model = _head_class("causal_lm")(ckpt.config)
     elif task == "classification":
         head = dict(ckpt.head or {})
         if num_labels is not None and head.get("num_labels", num_labels) != num_labels:
@@ -826,7 +825,7 @@ def build_model(ckpt: Checkpoint, task: Task = "auto", num_labels: int | None = 
         n = head.get("num_labels", num_labels)
         if n is None:
             raise ValueError(f"{ckpt.source} holds no classification head: pass num_labels=")
-        model = HyenaDNAForSequenceClassification(
+        model = _head_class("classification")(
             ckpt.config, n, pooling=pooling or head.get("pooling", "last"),
             problem_type=problem_type or head.get("problem_type", "single_label"))
         # A language-model checkpoint gives the backbone; its (tied) LM head has no place here
@@ -845,13 +844,13 @@ def build_model(ckpt: Checkpoint, task: Task = "auto", num_labels: int | None = 
 def load_pretrained(path: str | Path, task: Task = "auto", *, num_labels: int | None = None,
                     pooling: str | None = None, problem_type: str | None = None,
                     config: HyenaConfig | None = None, config_overrides: dict[str, Any] | None = None,
-                    check_buffers: Literal["error", "warn"] = "error") -> Model:
+                    check_buffers: Literal["error", "warn"] = "error") -> PretrainedMixin:
     """Load a HyenaDNA model from a release directory, our format, a Lightning .ckpt or one file.
 
     The model is built with the checkpoint's own l_max and returned in eval mode on CPU.
     ``task="classification"`` with ``num_labels`` puts a fresh classifier on a pretrained
     backbone; ``config_overrides`` may change non-architectural fields (e.g. ``shift``,
-    dropouts, ``gradient_checkpointing``), never shapes or l_max.
+    dropouts, ``gradient_checkpointing``, ``use_fast_path``), never shapes or l_max.
     """
     ckpt = read_checkpoint(path, config=config)
     if config_overrides:
@@ -861,6 +860,44 @@ def load_pretrained(path: str | Path, task: Task = "auto", *, num_labels: int | 
         ckpt.config = _make_config({**ckpt.config.to_dict(), **config_overrides}, "config_overrides")
     return build_model(ckpt, task, num_labels=num_labels, pooling=pooling, problem_type=problem_type,
                        check_buffers=check_buffers)
+
+
+class PretrainedMixin:
+    """`save_pretrained` / `from_pretrained` on the model heads, in the formats of this module.
+
+    A head names its task in its class statement, ``class HyenaDNAForCausalLM(PretrainedMixin,
+    nn.Module, task="causal_lm")``, and `build_model` builds the class named for a task: the
+    model file imports this mixin, so this module never imports the model file.
+    """
+
+    task: ClassVar[str]
+
+    def __init_subclass__(cls, task: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if task is not None:
+            if task not in _TASKS:
+                raise ValueError(f"task must be one of {', '.join(_TASKS)}, got {task!r}")
+            cls.task = task
+            _HEADS[task] = cls
+
+    def save_pretrained(self, directory: str | Path, tokenizer: CharTokenizer | None = None) -> Path:
+        """Write config.json + model.safetensors + tokenizer.json to `directory` (`save_pretrained`)."""
+        return save_pretrained(self, directory, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Any:
+        """Load any supported checkpoint as this kind of model (`load_pretrained` with this task)."""
+        return load_pretrained(path, task=cls.task, **kwargs)  # type: ignore[arg-type]
+
+
+_TASKS = ("causal_lm", "classification")
+_HEADS: dict[str, type] = {}  # task -> the head class that named it (hyenadna.model)
+
+
+def _head_class(task: str) -> type:
+    if task not in _HEADS:
+        raise RuntimeError(f"no model class for task {task!r}: import hyenadna.model first")
+    return _HEADS[task]
 
 
 def model_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -879,7 +916,7 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def save_pretrained(model: Model, directory: str | Path, tokenizer: CharTokenizer | None = None,
+def save_pretrained(model: PretrainedMixin, directory: str | Path, tokenizer: CharTokenizer | None = None,
                     extras: dict[str, Tensor] | None = None) -> Path:
     """Write `model` as config.json + model.safetensors + tokenizer.json into `directory`.
 
@@ -890,7 +927,7 @@ def save_pretrained(model: Model, directory: str | Path, tokenizer: CharTokenize
     from safetensors.torch import save as st_save
 
     directory = Path(directory)
-    if not isinstance(model, (HyenaDNAForCausalLM, HyenaDNAForSequenceClassification)):
+    if not isinstance(model, PretrainedMixin):
         raise TypeError(f"save_pretrained takes a HyenaDNAForCausalLM or HyenaDNAForSequenceClassification, "
                         f"got {type(model).__name__}")
     if directory.exists():
@@ -901,7 +938,7 @@ def save_pretrained(model: Model, directory: str | Path, tokenizer: CharTokenize
             raise FileExistsError(f"{directory} exists and is not a hyenadna checkpoint; refusing to replace it")
     meta: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                             "architecture": type(model).__name__, "config": model.config.to_dict()}
-    if isinstance(model, HyenaDNAForSequenceClassification):
+    if model.task == "classification":
         meta["head"] = {"num_labels": model.num_labels, "pooling": model.pooling,
                         "problem_type": model.problem_type}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}
@@ -940,7 +977,7 @@ def convert(src: str | Path, dst: str | Path, config: HyenaConfig | None = None,
     return ckpt
 
 
-def to_official_state_dict(model: HyenaDNAForCausalLM, layer_wrapped: bool = False) -> dict[str, Tensor]:
+def to_official_state_dict(model: nn.Module, layer_wrapped: bool = False) -> dict[str, Tensor]:
     """Our model's weights in the original-release key layout (``model.`` prefix, buffers included)."""
     out: dict[str, Tensor] = {}
     sd = model.state_dict()
@@ -952,7 +989,7 @@ def to_official_state_dict(model: HyenaDNAForCausalLM, layer_wrapped: bool = Fal
     return out
 
 
-def to_hf_state_dict(model: HyenaDNAForCausalLM) -> dict[str, Tensor]:
+def to_hf_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """Our model's weights in the -hf key layout (``hyena.`` prefix, separate lm_head, one freq)."""
     sd = model_state_dict(model)
     sd.update(_derived_buffers(model))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyenadna.files import atomic_outputs, atomic_write, naming_os_errors, open_text
-from hyenadna.model import HyenaDNAForCausalLM, HyenaDNAForSequenceClassification, HyenaDNAModel, fftconv
+from hyenadna.model import HyenaDNAForCausalLM, HyenaDNAForSequenceClassification, HyenaDNAModel
 from hyenadna.tokenizer import CharTokenizer
 
 Record = tuple[str, str]  # (name, sequence)
@@ -684,87 +684,30 @@ class CachedDecoder:
     """Exact incremental decoding for generation: O(L D) per new token instead of a full forward.
 
     Hyena's long convolution is causal, so the output at a new position t needs only the
-    long-conv inputs of positions <= t (kept per layer, with the filter computed once for the
-    final length) and the last k-1 inputs of the short convolution. The prompt is run through
-    the model's own forward once (its mixer inputs are captured by hooks); each further token
-    runs blocks, filters and heads on one position. Pinned against the full forward by a test.
+    long-conv inputs of positions <= t and the last k-1 inputs of the short convolution. The
+    decoder holds that per layer (`hyenadna.model.HyenaState`, the filter computed once for the
+    final length); the layers do the math (`HyenaOperator.step`). The prompt runs through the
+    model's own forward once; each further token through `HyenaDNAModel.step`. Pinned against the
+    full forward by a test.
     """
 
     def __init__(self, lm: HyenaDNAForCausalLM, batch: int, total_len: int) -> None:
-        self.lm = lm
-        layers = lm.backbone.layers
-        device = _device_of(lm)
-        self.total_len, self.t = total_len, 0
-        self.kernels: list[Tensor] = []
-        self.biases: list[Tensor] = []
-        self.inputs: list[Tensor] = []  # per layer (O-1, B, D, total_len): long-conv inputs so far
-        self.recent: list[Tensor] = []  # per layer (B, (O+1) D, k-1): last in_proj outputs
-        for layer in layers:
-            mixer = layer.mixer
-            orders = mixer.order - 1
-            self.kernels.append(mixer.filter_fn.filter(total_len).float().view(orders, mixer.d_model, total_len))
-            self.biases.append(mixer.filter_fn.bias.float().view(orders, mixer.d_model))
-            self.inputs.append(torch.zeros(orders, batch, mixer.d_model, total_len, device=device))
-            width = mixer.short_filter.weight.shape[-1] - 1
-            self.recent.append(torch.zeros(batch, mixer.in_proj.out_features, width, device=device))
+        self.lm, self.total_len, self.t = lm, total_len, 0
+        self.states = lm.backbone.init_states(batch, total_len)
 
     def prefill(self, input_ids: Tensor) -> Tensor:
         """Run the prompt (B, L) through the full model; -> logits of its last position (B, V)."""
-        captured: list[Tensor] = []
-        hooks = [layer.mixer.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
-                 for layer in self.lm.backbone.layers]
-        try:
-            logits = self.lm(input_ids).logits[:, -1]
-        finally:
-            for h in hooks:
-                h.remove()
-        seqlen = input_ids.shape[1]
-        for i, (layer, u) in enumerate(zip(self.lm.backbone.layers, captured)):
-            mixer = layer.mixer
-            x = mixer.in_proj(u).float().transpose(1, 2)  # (B, (O+1) D, L)
-            width = self.recent[i].shape[-1]
-            if width:
-                padded = torch.cat([self.recent[i], x], dim=-1)
-                self.recent[i] = padded[..., -width:]
-            conv = torch.nn.functional.conv1d(x, mixer.short_filter.weight.float(), mixer.short_filter.bias.float(),
-                                              padding=width, groups=x.shape[1])[..., :seqlen]
-            *gates, v = conv.split(mixer.d_model, dim=1)
-            for o, gate in enumerate(reversed(gates[1:])):
-                v = v * gate
-                self.inputs[i][o, :, :, :seqlen] = v
-                v = fftconv(v, self.kernels[i][o, :, :seqlen], self.biases[i][o])
-        self.t = seqlen
+        logits = self.lm.lm_head(self.lm.backbone(input_ids, states=self.states))[:, -1]
+        self.t = input_ids.shape[1]
         return logits
 
     def step(self, token: Tensor) -> Tensor:
         """Append one token per row (B,); -> logits of the new position (B, V)."""
         if self.t >= self.total_len:
             raise ValueError(f"CachedDecoder was sized for {self.total_len} positions")
-        t = self.t
-        bb = self.lm.backbone
-        residual = bb.embeddings(token.long()[:, None])[:, 0]  # (B, D); dropout is off in eval
-        for i, layer in enumerate(bb.layers):
-            mixer = layer.mixer
-            if layer.residual_in_fp32:
-                residual = residual.float()
-            dtype = layer.norm1.weight.dtype
-            x = mixer.in_proj(layer.norm1(residual.to(dtype))).float()  # (B, (O+1) D)
-            window = torch.cat([self.recent[i], x[..., None]], dim=-1)  # (B, (O+1) D, k)
-            conv = (window * mixer.short_filter.weight.float()[:, 0]).sum(-1) + mixer.short_filter.bias.float()
-            self.recent[i] = window[..., 1:]
-            *gates, v = conv.split(mixer.d_model, dim=1)
-            for o, gate in enumerate(reversed(gates[1:])):
-                v = v * gate
-                hist = self.inputs[i][o]
-                hist[..., t] = v
-                # y_t = sum_s k_s v_{t-s} + bias v_t over the stored inputs (newest first)
-                v = (hist[..., : t + 1].flip(-1) * self.kernels[i][o, :, : t + 1]).sum(-1) + self.biases[i][o] * v
-            y = (v * gates[0]).to(dtype)
-            residual = residual + mixer.out_proj(y)
-            residual = residual + layer.mlp(layer.norm2(residual.to(dtype)))
+        logits = self.lm.lm_head(self.lm.backbone.step(token, self.states))
         self.t += 1
-        hidden = bb.ln_f(residual.to(bb.ln_f.weight.dtype))
-        return self.lm.lm_head(hidden)
+        return logits
 
 
 @torch.inference_mode()

@@ -174,8 +174,10 @@ class CausalLMModule(pl.LightningModule):
 
 
 # Fields that do not change the parameter shapes or the function computed, so a checkpoint may
-# differ in them (e.g. resume with gradient checkpointing on, or with different dropout).
-_RUNTIME_FIELDS = frozenset({"gradient_checkpointing", "embed_dropout", "resid_dropout", "hyena_dropout"})
+# differ in them (e.g. resume with gradient checkpointing on, on the reference kernels, or with
+# different dropout).
+_RUNTIME_FIELDS = frozenset({"gradient_checkpointing", "use_fast_path", "embed_dropout", "resid_dropout",
+                             "hyena_dropout"})
 
 
 def check_same_architecture(saved: dict[str, Any], current: dict[str, Any], source: str) -> None:

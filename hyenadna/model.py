@@ -1,9 +1,11 @@
 """The HyenaDNA model in plain PyTorch, read top to bottom.
 
-Config -> FFT long convolution (and its O(L^2) reference) -> implicit filter -> Hyena operator
--> block -> backbone -> heads. Module and parameter names follow the official HyenaDNA code
-(HazyResearch/hyena-dna) so that the released checkpoints map onto this model through a fixed
-key table (`hyenadna.checkpoint`). Buffers that are pure functions of the config (positional
+Implicit filter -> Hyena operator -> block -> backbone -> heads; the knobs are
+`hyenadna.config.HyenaConfig`. The kernels each layer calls (FFT long convolution, short
+convolution, projections, the filter MLP) are in `hyenadna.ops`, each fast autograd Function
+beside its plain reference; `use_fast_path=False` runs the model on the references. Module and
+parameter names follow the official HyenaDNA code (HazyResearch/hyena-dna) so that the released
+checkpoints map onto this model through a fixed key table (`hyenadna.checkpoint`). Buffers that are pure functions of the config (positional
 features `z`, `t` and decay rates `deltas`) are recomputed and never stored in our checkpoints.
 
 Shape legend:
@@ -11,13 +13,13 @@ Shape legend:
     I  MLP width (d_inner) O  Hyena order (2 in every release)
     E  positional feature width (emb_dim, 5)                F  filter-MLP width (filter_order, 64)
     P  soft-prompt length  V  padded vocabulary (16)         C  number of labels
+    T  positions a decoding state holds (prompt + new tokens)
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -26,126 +28,33 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from hyenadna.runtime import buffers
-
-# --------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------
+from hyenadna.checkpoint import PretrainedMixin
+from hyenadna.config import FilterConfig, HyenaConfig
+from hyenadna.ops import (
+    fft_size,
+    fftconv,
+    fftconv_inference,
+    fftconv_ref,
+    gated_fftconv,
+    hooked,
+    hyena_operator_ref,
+    implicit_filter,
+    linear_channels_first,
+    linear_channels_last,
+    shortconv,
+    shortconv_ref,
+)
+from hyenadna.ops.common import (
+    DECAY_CACHE_MAX_BYTES,
+    INFERENCE_CHUNK_ELEMENTS,
+    INFERENCE_CHUNK_POSITIONS,
+    INFERENCE_CHUNK_TOKENS,
+    SPECTRUM_CACHE_MAX_BYTES,
+    autocast_off,
+)
 
 PoolingMode = Literal["last", "first", "mean"]
 ProblemType = Literal["single_label", "multi_label", "regression"]
-
-
-@dataclass
-class HyenaConfig:
-    """Every knob of a HyenaDNA model; checks itself on construction."""
-
-    d_model: int = 128
-    n_layer: int = 2
-    d_inner: int | None = None  # None -> 4 * d_model
-    l_max: int = 1026  # longest input (tokens, soft prompt included) the filters are defined for
-    vocab_size: int = 12
-    pad_vocab_size_multiple: int = 8
-    # Hyena operator
-    hyena_order: int = 2
-    short_filter_order: int = 3
-    hyena_dropout: float = 0.0
-    # implicit filter
-    emb_dim: int = 5
-    filter_order: int = 64
-    num_inner_mlps: int = 2
-    activation_freq: float = 10.0
-    train_freq: bool = True
-    modulate: bool = True
-    fast_decay_pct: float = 0.3
-    slow_decay_pct: float = 1.5
-    decay_target: float = 1e-2
-    # 0.0 in the official training code, 0.05 in every official inference port (standalone,
-    # Colab, Hugging Face); the ports are what downstream users validated, so 0.05 by default.
-    shift: float = 0.05
-    # blocks
-    embed_dropout: float = 0.1
-    resid_dropout: float = 0.0
-    layer_norm_epsilon: float = 1e-5
-    initializer_range: float = 0.02
-    residual_in_fp32: bool = True
-    gradient_checkpointing: bool = False
-    pad_token_id: int = 4
-
-    def __post_init__(self) -> None:
-        if self.d_inner is None:
-            self.d_inner = 4 * self.d_model
-        positive = ("d_model", "n_layer", "d_inner", "vocab_size", "pad_vocab_size_multiple",
-                    "short_filter_order", "filter_order", "emb_dim")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"HyenaConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.l_max, int) or self.l_max < 2:
-            raise ValueError(f"HyenaConfig.l_max must be an integer >= 2, got {self.l_max!r}")
-        if not isinstance(self.hyena_order, int) or self.hyena_order < 2:
-            raise ValueError(f"HyenaConfig.hyena_order must be an integer >= 2, got {self.hyena_order!r}")
-        if not isinstance(self.num_inner_mlps, int) or self.num_inner_mlps < 0:
-            raise ValueError(f"HyenaConfig.num_inner_mlps must be an integer >= 0, got {self.num_inner_mlps!r}")
-        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
-            raise ValueError(
-                f"HyenaConfig.emb_dim must be odd and >= 3 ([t, cos, sin] features), got {self.emb_dim}")
-        for name in ("embed_dropout", "resid_dropout", "hyena_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"HyenaConfig.{name} must be in [0, 1), got {value!r}")
-        for name in ("activation_freq", "fast_decay_pct", "slow_decay_pct", "layer_norm_epsilon",
-                     "initializer_range"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"HyenaConfig.{name} must be a positive number, got {value!r}")
-        if not 0.0 < self.decay_target < 1.0:
-            raise ValueError(f"HyenaConfig.decay_target must be in (0, 1), got {self.decay_target!r}")
-        if not math.isfinite(self.shift):
-            raise ValueError(f"HyenaConfig.shift must be finite, got {self.shift!r}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(
-                f"HyenaConfig.pad_token_id={self.pad_token_id} is outside the vocabulary (size {self.vocab_size})")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        """Embedding rows: vocab_size rounded up to pad_vocab_size_multiple (12 -> 16)."""
-        m = self.pad_vocab_size_multiple
-        return math.ceil(self.vocab_size / m) * m
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (JSON-serialisable)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HyenaConfig:
-        """Build from a dict; unknown keys are an error, never silently ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown HyenaConfig field(s): {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> HyenaConfig:
-        """The architecture of a released HyenaDNA size, e.g. ``HyenaConfig.preset("tiny-1k")``."""
-        key = PRESET_ALIASES.get(name, name)
-        if key not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return cls.from_dict({**PRESETS[key], **overrides})
-
-
-# The released sizes (LongSafari/hyenadna-*-seqlen). l_max is the trained length + 2.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny-1k": dict(d_model=128, n_layer=2, d_inner=512, l_max=1026),
-    "tiny-1k-d256": dict(d_model=256, n_layer=2, d_inner=1024, l_max=1026),
-    "tiny-16k": dict(d_model=128, n_layer=2, d_inner=512, l_max=16386),
-    "small-32k": dict(d_model=256, n_layer=4, d_inner=1024, l_max=32770),
-    "medium-160k": dict(d_model=256, n_layer=8, d_inner=1024, l_max=160002),
-    "medium-450k": dict(d_model=256, n_layer=8, d_inner=1024, l_max=450002),
-    "large-1m": dict(d_model=256, n_layer=8, d_inner=1024, l_max=1000002),
-}
-PRESET_ALIASES = {"tiny-16k-d128": "tiny-16k"}
 
 
 @dataclass
@@ -155,345 +64,6 @@ class HyenaOutput:
     logits: Tensor
     loss: Tensor | None = None
     hidden_states: Tensor | None = field(default=None, repr=False)
-
-
-# --------------------------------------------------------------------------------------------
-# FFT long convolution, and the slow reference it must equal
-# --------------------------------------------------------------------------------------------
-
-
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
-    """A region that computes in the tensors' own dtypes: autocast disabled where it is on (a
-    no-op context otherwise, cheaper than entering a disabled autocast on every call)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def fft_size(seqlen: int) -> int:
-    """Smallest 2^a 3^b 5^c >= 2L - 1: any zero-padded length >= 2L - 1 makes the circular
-    convolution of two length-L signals an exact linear one, and 5-smooth sizes are the ones the
-    FFT libraries run fastest (2L itself is 5-smooth only when L is)."""
-    target = 2 * seqlen - 1
-    best = 1 << (target - 1).bit_length()
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            p = p35
-            while p < target:
-                p *= 2
-            best = min(best, p)
-            p35 *= 3
-        p5 *= 5
-    return best
-
-
-def _input_gradient(g: Tensor, g_f: Tensor, kc_f: Tensor, bias: Tensor, n: int) -> Tensor:
-    """Gradient of a causal FFT conv y = k * u + bias u with respect to u, from the output
-    gradient g (..., D, L), its spectrum g_f and the filter's conjugated spectrum kc_f: the
-    correlation sum_t g_t k_{t-s} plus the skip term."""
-    return torch.addcmul(torch.fft.irfft(g_f * kc_f, n=n)[..., :g.shape[-1]], g, bias.unsqueeze(-1))
-
-
-def _filter_and_bias_gradients(g_f: Tensor, uc_f: Tensor, n: int, filter_len: int, need_filter: bool,
-                                need_bias: bool) -> tuple[Tensor | None, Tensor | None]:
-    """Gradients of a causal FFT conv y = k * u + bias u with respect to the filter (D, filter_len)
-    and the bias (D,), from the spectrum of the output gradient g and the conjugated spectrum of the
-    input u (..., D, n // 2 + 1).
-
-    Both come from one product spectrum g_f uc_f, summed over every leading (batch) axis in
-    frequency: its inverse transform is the correlation sum_t g_t u_{t-s}, which is the filter
-    gradient at lag s and, at lag 0, the bias gradient sum_t g_t u_t. Without the filter gradient
-    the bias gradient is the spectrum's Parseval sum. No (B, D, L) product is formed in the time
-    domain. Overwrites g_f.
-    """
-    p = g_f.mul_(uc_f).reshape(-1, *g_f.shape[-2:])
-    p = p[0] if p.shape[0] == 1 else torch.sum(p, 0, out=_empty(p.shape[1:], p.dtype, p.device))
-    if not need_filter:
-        return None, _parseval_sum(p, n) if need_bias else None
-    corr = torch.fft.irfft(p, n=n)
-    return corr[..., :filter_len], corr[..., 0].clone() if need_bias else None
-
-
-def _conj_in_place(*spectra: Tensor) -> None:
-    """Conjugate spectra in place, for the correlations of backward. A product with a lazily
-    conjugated tensor (x * y.conj()) resolves the conjugate into a fresh copy first, which made
-    that product about four times a plain one on CPU; the in-place pass allocates nothing."""
-    for x in spectra:
-        x.conj_physical_()
-
-
-def _parseval_sum(p: Tensor, n: int) -> Tensor:
-    """sum_t a_t b_t of two real length-n signals from the half spectrum p = rfft(a) conj(rfft(b))
-    (..., n // 2 + 1): the full spectrum's sum over n, where the bins other than 0 (and n/2, for
-    even n) stand for themselves and their mirror image."""
-    re = p.real
-    total = 2 * re.sum(-1) - re[..., 0]
-    if n % 2 == 0:
-        total = total - re[..., -1]
-    return total / n
-
-
-class _FFTConvFn(torch.autograd.Function):
-    """fp32 FFT long convolution with a hand-written backward.
-
-    Autograd through rfft/irfft would differentiate the zero padding and run full complex
-    transforms; here backward is two real transforms per signal (the correlations with k and
-    with u) plus one for the filter gradient, whose batch sum is taken in the frequency domain.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, u: Tensor, k: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        seqlen = u.shape[-1]
-        n = fft_size(seqlen)
-        k_f = torch.fft.rfft(k, n=n)
-        u_f = torch.fft.rfft(u, n=n)
-        y = torch.fft.irfft(u_f * k_f, n=n)[..., :seqlen]
-        _conj_in_place(u_f, k_f)
-        ctx.save_for_backward(u, u_f, k_f, bias)  # both spectra conjugated
-        ctx.n = n
-        return torch.addcmul(y, u, bias.unsqueeze(-1))
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        u, uc_f, kc_f, bias = ctx.saved_tensors
-        n, seqlen = ctx.n, u.shape[-1]
-        grad_y = grad_y.contiguous()
-        g_f = torch.fft.rfft(grad_y, n=n)
-        grad_u = grad_k = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_u = _input_gradient(grad_y, g_f, kc_f, bias, n)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_k, grad_bias = _filter_and_bias_gradients(g_f, uc_f, n, seqlen, *ctx.needs_input_grad[1:3])
-        return grad_u, grad_k, grad_bias
-
-
-class _GatedFFTConvFn(torch.autograd.Function):
-    """The order-2 Hyena core on the short-conv output x = [x0; x1; v] (B, 3D, L), fp32:
-    y = x0 * (k * z + bias z) with z = x1 v and * the causal long convolution.
-
-    One node instead of gate, FFT conv, gate: backward writes the three input gradients straight
-    into one (B, 3D, L) buffer (autograd would concatenate them after the split), and the gated
-    product z is not stored (its spectrum is). The skip term bias z is the convolution's tap at lag
-    0, so it is folded into the filter's spectrum (a unit impulse transforms to 1 in every bin):
-    no time-domain pass for it either way, and the bias gradient is the filter gradient at lag 0.
-    The two gated products the transforms take (z forward, the conv output's gradient backward)
-    are written into zero-padded buffers (no padding copy inside rfft) whose rows hold n // 2 + 1
-    complex values, so the spectrum product that follows each transform overwrites the buffer
-    instead of taking a fresh one.
-
-    k is the filter (D, L) or, to spare rfft its padding copy, the filter already zero-padded to
-    (D, fft_size(L)) (`HyenaFilter.filter(L, padded_to=n)`). For a padded k the gradient covers all
-    n entries, the pad's too (circular correlations that nothing upstream reads: the pad is
-    constant zeros).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, k: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        # x stays in its own dtype (bf16 under autocast: no fp32 copy is stored); k, bias, the
-        # gated product, the transforms and the output are fp32.
-        d, seqlen = x.shape[1] // 3, x.shape[-1]
-        x0, x1, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
-        n = fft_size(seqlen)
-        if k.shape[-1] not in (seqlen, n):
-            raise ValueError(f"filter length {k.shape[-1]} is neither the input length {seqlen} nor its FFT size {n}")
-        k_f = torch.fft.rfft(k, n=n).add_(bias.unsqueeze(-1))  # + the skip tap
-        buf = _padded_product(v.float(), x1, n)
-        z_f = torch.fft.rfft(buf[..., :n])
-        q = torch.mul(z_f, k_f, out=_as_spectrum(buf, n))  # z itself is no longer needed
-        c = _empty(x0.shape, torch.float32, x.device).copy_(torch.fft.irfft(q, n=n)[..., :seqlen])
-        del buf, q
-        _conj_in_place(z_f, k_f)
-        ctx.save_for_backward(x, z_f, k_f, c)  # both spectra conjugated
-        ctx.n, ctx.filter_len = n, k.shape[-1]
-        return torch.mul(c, x0, out=_empty(x0.shape, torch.float32, x.device))
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        x, zc_f, kc_f, c = ctx.saved_tensors
-        n, seqlen, d = ctx.n, x.shape[-1], x.shape[1] // 3
-        x0, x1, v = x[:, :d], x[:, d:2 * d], x[:, 2 * d:]
-        buf = _padded_product(grad_y, x0, n)  # the gradient of the conv output c
-        gc_f = torch.fft.rfft(buf[..., :n])
-        grad_x = grad_k = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _empty(x.shape, x.dtype, x.device)
-            torch.mul(grad_y, c, out=grad_x[:, :d])
-            # The correlation with the filter, skip tap included, over the spent gradient buffer.
-            grad_z = torch.fft.irfft(torch.mul(gc_f, kc_f, out=_as_spectrum(buf, n)), n=n)[..., :seqlen]
-            torch.mul(grad_z, v, out=grad_x[:, d:2 * d])
-            torch.mul(grad_z, x1, out=grad_x[:, 2 * d:])
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_k, grad_bias = _filter_and_bias_gradients(gc_f, zc_f, n, ctx.filter_len, *ctx.needs_input_grad[1:3])
-        return grad_x, grad_k, grad_bias
-
-
-def _padded_product(a: Tensor, b: Tensor, n: int) -> Tensor:
-    """a * b (B, C, L) in fp32, written into the first L positions of zero-padded rows: -> the
-    buffer (B, C, 2 (n // 2 + 1)), whose first n columns are the rfft input of size n and which
-    `_as_spectrum` reuses for an (n // 2 + 1)-bin spectrum once that input is spent."""
-    *lead, seqlen = a.shape
-    buf = _empty((*lead, 2 * (n // 2 + 1)), torch.float32, a.device)
-    buf[..., seqlen:].zero_()
-    torch.mul(a, b, out=buf[..., :seqlen])
-    return buf
-
-
-def _empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """torch.empty for the Functions' large activations and gradients: on CPU, a storage kept from
-    an earlier step when one of that size is free (`hyenadna.runtime.BufferPool`), so the kernel
-    does not fault in and zero gigabytes of fresh pages at every step of a long sequence."""
-    return buffers.empty(tuple(shape), dtype, device)
-
-
-def _as_spectrum(buf: Tensor, n: int) -> Tensor:
-    """A `_padded_product` buffer viewed as a complex (B, C, n // 2 + 1) spectrum."""
-    return torch.view_as_complex(buf.view(*buf.shape[:-1], n // 2 + 1, 2))
-
-
-def gated_fftconv(x: Tensor, k: Tensor, bias: Tensor) -> Tensor:
-    """Order-2 Hyena core x0 * fftconv(x1 * v, k, bias) for x = [x0; x1; v] (B, 3D, L), k (D, L)
-    or zero-padded to (D, fft_size(L)), bias (D,) -> (B, D, L) in x's dtype; gating and transform
-    run in fp32 (see `fftconv`), x's gradient comes back in x's dtype."""
-    with _autocast_off(x.device.type):
-        y = _GatedFFTConvFn.apply(x, k.float(), bias.float())
-    return y.to(x.dtype)
-
-
-def _shifted_taps(x: Tensor, taps: Tensor, bias: Tensor | None = None, reverse: bool = False,
-                  out: Tensor | None = None) -> Tensor:
-    """sum_j taps[:, j] * x shifted right by k-1-j (left, i.e. looking ahead, if reverse) + bias.
-
-    x: (B, C, L), taps: (C, k), bias: (C, 1) or None. One multiply-add pass per tap over slices,
-    with no padded copy. The first tap is a plain multiply and the bias is added last, in place:
-    an out-of-place addcmul with a broadcast (C, 1) first operand is much slower on CPU. `out`:
-    a (B, C, L) buffer to write the result into.
-    """
-    k, seqlen = taps.shape[-1], x.shape[-1]
-    y = torch.mul(x, taps[:, k - 1:k], out=out)
-    for lag in range(1, min(k, seqlen)):
-        w = taps[:, k - 1 - lag:k - lag]
-        if reverse:
-            y[..., :seqlen - lag].addcmul_(x[..., lag:], w)
-        else:
-            y[..., lag:].addcmul_(x[..., :seqlen - lag], w)
-    return y if bias is None else y.add_(bias)
-
-
-_SHORT_CONV_PRODUCT_ELEMENTS = 1 << 24  # the short-conv weight gradient's product buffer (64 MB fp32)
-
-
-class _ShortConvFn(torch.autograd.Function):
-    """Causal depthwise convolution y_t = b + sum_j w_j x_{t-k+1+j} as k shifted multiply-adds.
-
-    Same result as the module's `nn.Conv1d` (padding k-1, first L outputs), several times faster
-    on CPU than oneDNN's depthwise kernel at k = 3, whose backward was the largest single op of
-    the operator at 1k in the profile. The input gradient is the same sum looking ahead; the
-    weight gradient is k dot products per channel.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, weight)
-        ctx.param_dtypes = (weight.dtype, bias.dtype)
-        # In x's dtype, as nn.Conv1d under autocast: bf16 activations stay bf16, not promoted to fp32.
-        return _shifted_taps(x, weight[:, 0].to(x.dtype), bias.to(x.dtype).unsqueeze(-1),
-                             out=_empty(x.shape, x.dtype, x.device))
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        taps, seqlen = weight.shape[-1], x.shape[-1]
-        grad_x = grad_w = grad_b = None
-        w_dtype, b_dtype = ctx.param_dtypes
-        acc = torch.promote_types(grad_y.dtype, torch.float32)  # sums of B x L terms: at least fp32
-        prod_dtype = torch.promote_types(grad_y.dtype, x.dtype)
-        # The input gradient's buffer, when it has the products' dtype, first holds them.
-        grad_x_buf = (_empty(x.shape, x.dtype, x.device) if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
-                      and x.dtype == grad_y.dtype == prod_dtype else None)
-        if ctx.needs_input_grad[1]:
-            # sum_t grad_y_t x_{t - lag} per channel (tap j multiplies x_{t - lag}), summed in at
-            # least fp32. The products go through one buffer shared by the taps (each fills a
-            # prefix): the input gradient's, before it is computed, else one over channel chunks
-            # of at most `_SHORT_CONV_PRODUCT_ELEMENTS` values (a bounded 64 MB at 1M tokens).
-            batch, channels = x.shape[:2]
-            if grad_x_buf is not None:
-                step, prod = channels, grad_x_buf
-            else:
-                step = max(1, _SHORT_CONV_PRODUCT_ELEMENTS // (batch * seqlen))
-                prod = torch.empty((batch, min(step, channels), seqlen), dtype=prod_dtype, device=x.device)
-            grad_w = grad_y.new_zeros((channels, taps), dtype=acc)
-            for c0 in range(0, channels, step):
-                c1 = min(c0 + step, channels)
-                for j in range(max(0, taps - seqlen), taps):
-                    lag = taps - 1 - j
-                    p = torch.mul(grad_y[:, c0:c1, lag:], x[:, c0:c1, :seqlen - lag], out=prod[:, :c1 - c0, :seqlen - lag])
-                    grad_w[c0:c1, j] = p.sum((0, 2), dtype=acc)
-            grad_w = grad_w.unsqueeze(1).to(w_dtype)
-        if ctx.needs_input_grad[0]:
-            out = grad_x_buf if grad_x_buf is not None else _empty(grad_y.shape, grad_y.dtype, grad_y.device)
-            grad_x = _shifted_taps(grad_y, weight[:, 0].to(grad_y.dtype), reverse=True, out=out).to(x.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_b = grad_y.sum((0, 2), dtype=acc).to(b_dtype)
-        return grad_x, grad_w, grad_b
-
-
-def fftconv(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
-    """Causal long convolution y_t = sum_{s<=t} k_s u_{t-s} + bias * u_t, via FFT.
-
-    u: (B, D, L), k: (D, L), bias: (D,) -> (B, D, L) in u's dtype. Zero-padding to
-    `fft_size(L)` >= 2L - 1 makes the circular FFT convolution an exact linear one for any L.
-    The transform runs in fp32 even under bf16/fp16 autocast: half-precision FFTs lose too many
-    bits over long sequences.
-    """
-    with _autocast_off(u.device.type):
-        y = _FFTConvFn.apply(u.float(), k.float(), bias.float())
-    return y.to(u.dtype)
-
-
-def fftconv_inference(u: Tensor, bias: Tensor, k: Tensor | None = None, k_f: Tensor | None = None,
-                      max_elements: int = 1 << 24) -> Tensor:
-    """`fftconv` without autograd, in channel chunks of at most `max_elements` padded values.
-
-    Give the filter k (D, L), or its spectrum k_f = rfft(k, fft_size(L)) (D, n // 2 + 1) when it
-    is cached. A 1M-token forward then never holds a whole (B, D, n) or (D, n) spectrum; channels
-    are independent, so the result is the same as one chunk.
-    """
-    seqlen, d = u.shape[-1], u.shape[-2]
-    n = fft_size(seqlen)
-    if (k is None) == (k_f is None):
-        raise ValueError("fftconv_inference needs exactly one of k (the filter) and k_f (its spectrum)")
-    if k is not None and k.shape != (d, seqlen):
-        raise ValueError(f"filter has shape {tuple(k.shape)}, expected {(d, seqlen)}")
-    if k_f is not None and k_f.shape != (d, n // 2 + 1):
-        raise ValueError(f"filter spectrum has shape {tuple(k_f.shape)}, expected {(d, n // 2 + 1)} for L={seqlen}")
-    batch = u.numel() // (d * seqlen)
-    step = max(1, max_elements // max(1, batch * n))
-
-    def channels(c0: int, c1: int) -> Tensor:
-        kc = torch.fft.rfft(k[c0:c1].float(), n=n) if k is not None else k_f[c0:c1]
-        uc = u[..., c0:c1, :].float()
-        yc = torch.fft.irfft(torch.fft.rfft(uc, n=n) * kc, n=n)[..., :seqlen]
-        return torch.addcmul(yc, uc, bias[c0:c1].float().unsqueeze(-1))
-
-    with _autocast_off(u.device.type):
-        if step >= d:  # one chunk: no copy into an output buffer
-            return channels(0, d).to(u.dtype)
-        y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
-        for c in range(0, d, step):
-            y[..., c:c + step, :] = channels(c, c + step)
-    return y.to(u.dtype)
-
-
-def fftconv_ref(u: Tensor, k: Tensor, bias: Tensor) -> Tensor:
-    """O(L^2) direct causal convolution; same contract as `fftconv`, for tests only."""
-    seqlen = u.shape[-1]
-    idx = torch.arange(seqlen, device=u.device)
-    lag = idx[:, None] - idx[None, :]  # (L_out, L_in): t - s
-    toeplitz = k.float()[:, lag.clamp(min=0)] * (lag >= 0)  # (D, L, L)
-    y = torch.einsum("dts,bds->bdt", toeplitz, u.float()) + u.float() * bias.float().unsqueeze(-1)
-    return y.to(u.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,9 +113,9 @@ class PositionalEmbedding(nn.Module):
             self.z, self.t = positional_features(self.l_max, self.emb_dim, device=self.z.device)
         return self
 
-    def forward(self, seqlen: int) -> tuple[Tensor, Tensor]:
+    def forward(self, seq_len: int) -> tuple[Tensor, Tensor]:
         """-> z (1, L, E), t (1, L, 1)."""
-        return self.z[:, :seqlen], self.t[:, :seqlen]
+        return self.z[:, :seq_len], self.t[:, :seq_len]
 
 
 class ExponentialModulation(nn.Module):
@@ -558,10 +128,9 @@ class ExponentialModulation(nn.Module):
         self.decay_args = (d, fast_decay_pct, slow_decay_pct, target)
         self.register_buffer("deltas", decay_rates(*self.decay_args), persistent=False)
         # (key, decay) of the last call: the decay is a constant of the positions, rebuilt only
-        # when they or the rates change. Decays larger than this are not kept (they cost far
-        # less than the rest of a step at those lengths).
+        # when they or the rates change.
         self._decay_cache: tuple[tuple[Any, ...], Tensor] | None = None
-        self.decay_cache_max_bytes = 1 << 24
+        self.decay_cache_max_bytes = DECAY_CACHE_MAX_BYTES
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         super()._apply(fn, recurse)
@@ -604,101 +173,112 @@ class Sin(nn.Module):
             self.register_buffer("freq", freq)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (..., F) -> (..., F)."""
         return torch.sin(self.freq * x)
 
 
 class HyenaFilter(nn.Module):
-    """Implicit long filter h = MLP(z) * decay, plus the per-channel skip bias of the long conv."""
+    """Implicit long filter h = MLP(z) * decay, plus the per-channel skip bias of the long conv.
 
-    def __init__(self, d: int, l_max: int, emb_dim: int, filter_order: int, num_inner_mlps: int,
-                 activation_freq: float, train_freq: bool, modulate: bool, fast_decay_pct: float,
-                 slow_decay_pct: float, decay_target: float, shift: float) -> None:
+    The filter is generated in fp32 with autocast off: sin(10 * x) of bf16 activations is noise,
+    and the MLP costs O(L F^2) once per step, independent of the batch.
+    """
+
+    def __init__(self, d: int, l_max: int, config: FilterConfig) -> None:
         super().__init__()
+        c = config
         self.d, self.l_max = d, l_max
         self.bias = nn.Parameter(torch.randn(d))
-        self.pos_emb = PositionalEmbedding(emb_dim, l_max)
+        self.pos_emb = PositionalEmbedding(c.emb_dim, l_max)
         # One Sin instance at indices 1, 3, 5: the official MLP shares a single `freq` parameter,
         # which is why its state dict lists implicit_filter.{1,3,5}.freq.
-        act = Sin(filter_order, activation_freq, train_freq)
-        layers: list[nn.Module] = [nn.Linear(emb_dim, filter_order), act]
-        for _ in range(num_inner_mlps):
-            layers += [nn.Linear(filter_order, filter_order), act]
-        layers.append(nn.Linear(filter_order, d, bias=False))
+        act = Sin(c.filter_order, c.activation_freq, c.train_freq)
+        layers: list[nn.Module] = [nn.Linear(c.emb_dim, c.filter_order), act]
+        for _ in range(c.num_inner_mlps):
+            layers += [nn.Linear(c.filter_order, c.filter_order), act]
+        layers.append(nn.Linear(c.filter_order, d, bias=False))
         self.implicit_filter = nn.Sequential(*layers)
-        self.modulation = ExponentialModulation(d, fast_decay_pct, slow_decay_pct, decay_target, shift, modulate)
+        self.modulation = ExponentialModulation(d, c.fast_decay_pct, c.slow_decay_pct, c.decay_target, c.shift,
+                                                c.modulate)
         # The layer tuple `_fusable_parts` last checked, and whether it is the fusable chain.
         self._fusable_layers: tuple[nn.Module, ...] = ()
         self._fusable_ok = False
         # (key, rfft of the filter) of the last inference call; see `spectrum`. Not state.
         self._spectrum_cache: tuple[tuple[Any, ...], Tensor] | None = None
-        # Spectra larger than this are not kept (complex64 (D, n/2+1): 1 GB per layer at D=128,
-        # L=1M), where the filter MLP is a small share of a forward pass anyway.
-        self.spectrum_cache_max_bytes = 1 << 28
-        self.inference_chunk_positions = 1 << 16  # filter positions per slice without grad
+        self.spectrum_cache_max_bytes = SPECTRUM_CACHE_MAX_BYTES
+        self.inference_chunk_positions = INFERENCE_CHUNK_POSITIONS
 
     def train(self, mode: bool = True) -> HyenaFilter:
         """Switch mode; any cached spectrum is dropped (training will change the parameters)."""
         self._spectrum_cache = None
         return super().train(mode)
 
-    def spectrum(self, seqlen: int) -> Tensor | None:
-        """The cached rfft of the filter at `fft_size(seqlen)` points, (D, n // 2 + 1) complex64, or
+    def filter_ref(self, seq_len: int) -> Tensor:
+        """The filter for the first `seq_len` positions through the modules and autograd, (D, L)
+        fp32: the reference `filter` is held to."""
+        with autocast_off(self.bias.device.type):
+            z, t = self.pos_emb(seq_len)
+            return self._module_filter(z[0].to(self.bias.dtype), t[:, :, 0])
+
+    def filter(self, seq_len: int, padded_to: int | None = None) -> Tensor:
+        """The long filter for the first `seq_len` positions: (D, L) in fp32, or (D, padded_to) with
+        zeros after position L (the input the FFT convolution transforms; the fused filter writes
+        straight into it).
+
+        The fp32 chain this module builds runs as one autograd node (`hyenadna.ops.implicit_filter`);
+        anything else (hooks, adapters, other dtypes) through the modules. Without grad, positions
+        are processed in slices (the MLP and the decay are per position).
+        """
+        with autocast_off(self.bias.device.type):
+            z, t = self.pos_emb(seq_len)
+            z, t = z[0].to(self.bias.dtype), t[:, :, 0]  # (L, E), (1, L)
+            if padded_to is not None and padded_to < seq_len:
+                raise ValueError(f"padded_to={padded_to} is shorter than the filter ({seq_len} positions)")
+            if torch.is_grad_enabled() or seq_len <= self.inference_chunk_positions:
+                return self._filter_slice(z, t, padded_to)
+            h = torch.empty(self.d, padded_to or seq_len, device=z.device)
+            h[:, seq_len:].zero_()
+            for s in range(0, seq_len, self.inference_chunk_positions):
+                e = min(s + self.inference_chunk_positions, seq_len)
+                h[:, s:e] = self._filter_slice(z[s:e], t[:, s:e])
+            return h
+
+    def spectrum(self, seq_len: int) -> Tensor | None:
+        """The cached rfft of the filter at `fft_size(seq_len)` points, (D, n // 2 + 1) complex64, or
         None where it is not cached (training mode, or larger than `spectrum_cache_max_bytes`).
 
         In eval mode it is computed once and reused while the parameters stay the same: the
         cache key holds every parameter's identity, storage, device and version counter, which
         in-place updates (optimizer steps, load_state_dict) bump. One entry: the last length.
         """
-        n = fft_size(seqlen)
+        n = fft_size(seq_len)
         if self.training or self.d * (n // 2 + 1) * 8 > self.spectrum_cache_max_bytes:
             self._spectrum_cache = None
             return None
-        key = (seqlen, n, *((id(p), p.data_ptr(), p.device, p.dtype, p._version) for p in self.parameters()))
+        key = (seq_len, n, *((id(p), p.data_ptr(), p.device, p.dtype, p._version) for p in self.parameters()))
         if self._spectrum_cache is None or self._spectrum_cache[0] != key:
             self._spectrum_cache = None  # free the old spectrum before building the new one
-            self._spectrum_cache = (key, torch.fft.rfft(self.filter(seqlen), n=n))
+            self._spectrum_cache = (key, torch.fft.rfft(self.filter(seq_len), n=n))
         return self._spectrum_cache[1]
-
-    def filter(self, seqlen: int, padded_to: int | None = None) -> Tensor:
-        """The long filter for the first `seqlen` positions: (D, L) in fp32, or (D, padded_to) with
-        zeros after position L (the input the FFT convolution transforms; the fused filter writes
-        straight into it).
-
-        Generated in fp32 with autocast off: sin(10 * x) of bf16 activations is noise, and the
-        MLP costs O(L F^2) once per step, independent of the batch. The last (bias-free) layer is
-        applied as W @ h^T so the filter comes out in the (D, L) layout of the FFT directly
-        instead of through a strided transpose copy. Without grad, positions are processed in
-        slices (the MLP and the decay are per position), so the (L, F) hidden activations of a
-        1M-long filter never exist whole.
-        """
-        with _autocast_off(self.bias.device.type):
-            z, t = self.pos_emb(seqlen)
-            z, t = z[0].to(self.bias.dtype), t[:, :, 0]  # (L, E), (1, L)
-            if padded_to is not None and padded_to < seqlen:
-                raise ValueError(f"padded_to={padded_to} is shorter than the filter ({seqlen} positions)")
-            if torch.is_grad_enabled() or seqlen <= self.inference_chunk_positions:
-                return self._filter_slice(z, t, padded_to)
-            h = torch.empty(self.d, padded_to or seqlen, device=z.device)
-            h[:, seqlen:].zero_()
-            for s in range(0, seqlen, self.inference_chunk_positions):
-                e = min(s + self.inference_chunk_positions, seqlen)
-                h[:, s:e] = self._filter_slice(z[s:e], t[:, s:e])
-            return h
 
     def _filter_slice(self, z: Tensor, t: Tensor, padded_to: int | None = None) -> Tensor:
         """z (L, E), t (1, L) -> the filter at those positions, (D, L) in fp32 (or zero-padded to
         (D, padded_to))."""
         parts = self._fusable_parts()
         if parts is not None:
-            return _ImplicitFilterFn.apply(z, self.modulation.decay(t), padded_to, *parts)
-        hidden = self.implicit_filter[:-1](z)  # (L, F)
-        h = self.modulation(t, (self.implicit_filter[-1].weight @ hidden.mT).float())  # (D, L)
+            freq, w_out, *linear = parts
+            return implicit_filter(z, self.modulation.decay(t), freq, w_out, linear, padded_to)
+        h = self._module_filter(z, t)
         return h if padded_to is None else F.pad(h, (0, padded_to - h.shape[-1]))
+
+    def _module_filter(self, z: Tensor, t: Tensor) -> Tensor:
+        """z (L, E), t (1, L) -> (D, L) fp32 through the modules."""
+        return self.modulation(t, self.implicit_filter(z).float().mT)
 
     def _fusable_parts(self) -> tuple[Tensor, ...] | None:
         """(freq, W_out, W_0, b_0, W_1, b_1, ...) when the filter MLP is the fp32 chain this module
         builds (plain Linear layers, one shared Sin, a bias-free last layer) and nothing hooks into
-        it, so `_ImplicitFilterFn` computes exactly what the modules would; None otherwise
+        it, so `hyenadna.ops.implicit_filter` computes exactly what the modules would; None otherwise
         (adapters, hooks, parametrizations, other dtypes: the module path, with autograd)."""
         layers = tuple(self.implicit_filter._modules.values())
         if layers != self._fusable_layers:  # the layout is checked once (again if a layer is swapped)
@@ -708,105 +288,37 @@ class HyenaFilter(nn.Module):
                   and all(type(m) is nn.Linear and m.bias is not None for m in linears))
             self._fusable_layers, self._fusable_ok = layers, ok
         if (not self._fusable_ok or type(self.modulation) is not ExponentialModulation
-                or any(map(_hooked, layers)) or _hooked(self.implicit_filter) or _hooked(self.modulation)):
+                or any(map(hooked, layers)) or hooked(self.implicit_filter) or hooked(self.modulation)):
             return None
         act, last = layers[1], layers[-1]
         parts = (act.freq, last.weight, *(p for m in layers[0:-1:2] for p in (m.weight, m.bias)))
         return parts if all(p.dtype == torch.float32 for p in parts) else None
 
 
-class _ImplicitFilterFn(torch.autograd.Function):
-    """The implicit filter of an fp32 `HyenaFilter` as one node with a hand-written backward:
-    p_i = f (W_i s_i + b_i), s_{i+1} = sin(p_i) from s_0 = z, then k = (W_out s_n^T) decay, (D, L),
-    optionally written into the front of a zero-padded (D, padded_to) buffer for the FFT.
-
-    Autograd through the modules runs about a dozen (L, F)-sized passes per MLP layer, and these
-    activations do not depend on the batch: at batch 1 and L = 1k the filter was a fifth of the
-    operator's step. Here the shared frequency f is folded into each layer's small weights, so a
-    layer is one GEMM and one sine forward, and one cosine, one product, two GEMMs and a column
-    sum backward. With dp_i the gradient of sin's argument, P_i = dp_i^T s_i and c_i = sum_t dp_i,
-    every parameter gradient is a small expression of those two:
-        dW_i = f^T P_i,  db_i = f c_i,  df = sum_i rowsum(W_i P_i) + b_i c_i,  ds_i = dp_i (f^T W_i),
-    the frequency's because sum_t dp_i (W_i s_i + b_i) = rowsum(W_i P_i) + b_i c_i. Per layer only
-    s_i and p_i are kept (autograd kept three (L, F) tensors), and the decay is applied in place.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, z: Tensor, decay: Tensor | None, padded_to: int | None, freq: Tensor,  # type: ignore[override]
-                w_out: Tensor, *linear: Tensor) -> Tensor:
-        f_col = freq.reshape(-1, 1)  # (F, 1): scales the rows of an (F, in) weight
-        s, saved = z, []
-        for w, b in zip(linear[0::2], linear[1::2]):
-            w_f = f_col * w
-            p = _empty((s.shape[0], w.shape[0]), s.dtype, s.device)
-            torch.addmm(b * freq, s, w_f.mT, out=p)  # (L, F) = f (s W^T + b)
-            saved += [s, p, w_f]
-            s = torch.sin(p, out=_empty(p.shape, p.dtype, p.device))
-        # (D, L): the FFT's layout, no transpose copy; with padded_to, written into the front of
-        # the zero-padded buffer the FFT reads.
-        seqlen = z.shape[0]
-        out = _empty((w_out.shape[0], padded_to or seqlen), s.dtype, s.device)
-        out[:, seqlen:].zero_()
-        k = torch.mm(w_out, s.mT, out=out[:, :seqlen])
-        if decay is not None:
-            k.mul_(decay)
-        ctx.has_decay = decay is not None
-        ctx.save_for_backward(decay if decay is not None else k.new_empty(0), freq, w_out, s, *linear, *saved)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_k: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        decay, freq, w_out, s, *rest = ctx.saved_tensors
-        grad_k = grad_k[:, :s.shape[0]]  # the pad is constant
-        layers = len(rest) // 5
-        linear, saved = rest[:2 * layers], rest[2 * layers:]
-        # Inputs: z, decay, padded_to, freq, w_out, then W_0, b_0, W_1, b_1, ...
-        need = ctx.needs_input_grad
-        need_z, need_freq, need_w_out, need_linear = need[0], need[3], need[4], need[5:]
-        f_row, f_col = freq.reshape(-1), freq.reshape(-1, 1)
-        grad_w_out = None
-        grad_linear: list[Tensor | None] = [None] * (2 * layers)
-        grad_freq = torch.zeros_like(f_row)
-        g = grad_k  # (D, L)
-        if ctx.has_decay:
-            g = torch.mul(grad_k, decay, out=_empty(grad_k.shape, grad_k.dtype, grad_k.device))
-        if need_w_out:
-            grad_w_out = torch.mm(g, s)
-        # Two (L, F) buffers for the whole chain: grad_s (overwritten by each layer's input
-        # gradient once read) and grad_p (each layer's cosine), not two fresh ones per layer.
-        grad_s = torch.mm(g.mT, w_out, out=_empty((g.shape[1], w_out.shape[1]), g.dtype, g.device))  # (L, F)
-        del g
-        grad_p = None
-        for i in reversed(range(layers)):
-            (w, b), (s_in, p, w_f) = linear[2 * i:2 * i + 2], saved[3 * i:3 * i + 3]
-            grad_p = torch.cos(p, out=_empty(p.shape, p.dtype, p.device) if grad_p is None else grad_p)
-            grad_p.mul_(grad_s)  # (L, F)
-            p_mat, p_sum = torch.mm(grad_p.mT, s_in), grad_p.sum(0)  # (F, in), (F,)
-            if need_linear[2 * i]:
-                grad_linear[2 * i] = f_col * p_mat
-            if need_linear[2 * i + 1]:
-                grad_linear[2 * i + 1] = f_row * p_sum
-            if need_freq:
-                grad_freq.add_(torch.linalg.vecdot(w, p_mat)).addcmul_(b, p_sum)
-            if i > 0:
-                grad_s = torch.mm(grad_p, w_f, out=grad_s)  # every hidden layer is (F, F)
-            elif need_z:
-                grad_s = torch.mm(grad_p, w_f)
-        return (grad_s if need_z else None, None, None, grad_freq.reshape(freq.shape) if need_freq else None,
-                grad_w_out, *grad_linear)
-
 # --------------------------------------------------------------------------------------------
 # Hyena operator
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class HyenaState:
+    """What `HyenaOperator.step` needs of the positions before t, for decoding one token at a time."""
+
+    k: Tensor  # (O-1, D, T) fp32: the long filters up to the last position decoding may reach
+    bias: Tensor  # (O-1, D) fp32: their skip biases
+    inputs: Tensor  # (O-1, B, D, T) fp32: each long conv's inputs so far, zeros from t on
+    recent: Tensor  # (B, (O+1) D, k-1) fp32: the last k-1 in_proj outputs, the short conv's window
+    t: int = 0  # positions seen
+
+
 class HyenaOperator(nn.Module):
     """Order-O Hyena: in_proj -> causal short conv -> (gate, long conv)^(O-1) -> gate -> out_proj."""
 
-    def __init__(self, d_model: int, l_max: int, order: int = 2, short_filter_order: int = 3,
-                 dropout: float = 0.0, **filter_args: Any) -> None:
+    def __init__(self, d_model: int, l_max: int, order: int, short_filter_order: int, dropout: float,
+                 filter_config: FilterConfig, use_fast_path: bool = True) -> None:
         super().__init__()
         self.d_model, self.l_max, self.order = d_model, l_max, order
+        self.use_fast_path = use_fast_path
         inner = (order + 1) * d_model
         self.in_proj = nn.Linear(d_model, inner)
         self.out_proj = nn.Linear(d_model, d_model)
@@ -814,169 +326,145 @@ class HyenaOperator(nn.Module):
         # t-k+1..t only (causal). Same module shape as the official one: weight (3D, 1, k).
         self.short_filter = nn.Conv1d(inner, inner, kernel_size=short_filter_order, groups=inner,
                                       padding=short_filter_order - 1)
-        self.filter_fn = HyenaFilter(d_model * (order - 1), l_max, **filter_args)
+        self.filter_fn = HyenaFilter(d_model * (order - 1), l_max, filter_config)
         self.dropout = nn.Dropout(dropout)
-        # Without grad, the long conv runs in channel chunks of at most this many padded values
-        # (fp32: 64 MB): bounded memory at 1M tokens, same result (channels are independent).
-        self.inference_chunk_elements = 1 << 24
+        self.inference_chunk_elements = INFERENCE_CHUNK_ELEMENTS
 
-    def forward(self, u: Tensor) -> Tensor:
-        """u (B, L, D) -> (B, L, D).
+    @classmethod
+    def from_config(cls, config: HyenaConfig) -> HyenaOperator:
+        """The operator of one layer of the model `config` describes."""
+        return cls(config.d_model, config.l_max, order=config.hyena_order, short_filter_order=config.short_filter_order,
+                   dropout=config.hyena_dropout, filter_config=config.filter_config,
+                   use_fast_path=config.use_fast_path)
 
-        The convolutions want channels first (B, D, L). Rather than transposing (a strided copy
-        of the widest activation, the largest single cost in the CPU profile at 16k), in_proj
-        and out_proj run as batched GEMMs that read their operand transposed for free.
-        """
-        seqlen = u.shape[1]
-        if seqlen > self.l_max:
-            raise ValueError(f"input length {seqlen} exceeds l_max={self.l_max}: the implicit filter is "
+    def forward(self, u: Tensor, state: HyenaState | None = None) -> Tensor:
+        """u (B, L, D) -> (B, L, D). With a fresh `state` (`init_state`), also records what `step`
+        needs of these L positions (the prompt of a decoding run)."""
+        seq_len = u.shape[1]
+        if seq_len > self.l_max:
+            raise ValueError(f"input length {seq_len} exceeds l_max={self.l_max}: the implicit filter is "
                              f"defined only up to l_max (build the model with a larger l_max)")
+        y = self._forward_fast(u) if self.use_fast_path else self.forward_ref(u)
+        if state is not None:
+            self._prefill(u, state)
+        return y
+
+    def forward_ref(self, u: Tensor) -> Tensor:
+        """The same operator through the plain references (`hyenadna.ops.hyena_operator_ref`, the
+        filter through its modules): u (B, L, D) -> (B, L, D)."""
+        return hyena_operator_ref(u, self.in_proj, self.short_filter.weight, self.short_filter.bias,
+                                  self.filter_fn.filter_ref(u.shape[1]), self.filter_fn.bias, self.out_proj,
+                                  self.order, self.dropout)
+
+    def _forward_fast(self, u: Tensor) -> Tensor:
+        """`forward` through the fast kernels. The convolutions want channels first (B, D, L);
+        in_proj and out_proj swap the layout inside their GEMMs, so no transpose is copied."""
+        seq_len = u.shape[1]
         if torch.is_grad_enabled():
-            x = _linear_channels_first(self.in_proj, u)  # (B, (O+1) D, L)
-            x = _ShortConvFn.apply(x, self.short_filter.weight, self.short_filter.bias)
+            x = linear_channels_first(self.in_proj, u)  # (B, (O+1) D, L)
+            x = shortconv(x, self.short_filter.weight, self.short_filter.bias)
         else:
             x = self._project_in_slices(u)
         *gates, v = x.split(self.d_model, dim=1)  # gates x0..x_{O-1}, each (B, D, L)
         if torch.is_grad_enabled() and self.order == 2 and not (self.training and self.dropout.p > 0):
             # The filter and bias whole (a select would cost a zero-filled gradient copy), the
             # filter zero-padded to the FFT size by its own Function (no padding copy in rfft).
-            k = self.filter_fn.filter(seqlen, padded_to=fft_size(seqlen))
-            return _linear_channels_last(self.out_proj, gated_fftconv(x, k, self.filter_fn.bias))
+            k = self.filter_fn.filter(seq_len, padded_to=fft_size(seq_len))
+            return linear_channels_last(self.out_proj, gated_fftconv(x, k, self.filter_fn.bias))
         bias = rearrange(self.filter_fn.bias, "(o d) -> o d", o=self.order - 1)
         if torch.is_grad_enabled():
-            k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
+            k = rearrange(self.filter_fn.filter(seq_len), "(o d) l -> o d l", o=self.order - 1)
             for o, gate in enumerate(reversed(gates[1:])):
                 v = self.dropout(v * gate)
                 v = fftconv(v, k[o], bias[o])
+            return linear_channels_last(self.out_proj, v * gates[0])
+        # Inference: the filter spectrum is cached in eval mode (else each channel chunk
+        # transforms its own slice of the filter), the conv runs in channel chunks.
+        k_f = self.filter_fn.spectrum(seq_len)
+        if k_f is None:
+            k = rearrange(self.filter_fn.filter(seq_len), "(o d) l -> o d l", o=self.order - 1)
         else:
-            # Inference: the filter spectrum is cached in eval mode (else each channel chunk
-            # transforms its own slice of the filter), the conv runs in channel chunks.
-            k_f = self.filter_fn.spectrum(seqlen)
+            k_f = rearrange(k_f, "(o d) f -> o d f", o=self.order - 1)
+        for o, gate in enumerate(reversed(gates[1:])):
+            v = self.dropout(v * gate)
             if k_f is None:
-                k = rearrange(self.filter_fn.filter(seqlen), "(o d) l -> o d l", o=self.order - 1)
+                v = fftconv_inference(v, bias[o], k=k[o], max_elements=self.inference_chunk_elements)
             else:
-                k_f = rearrange(k_f, "(o d) f -> o d f", o=self.order - 1)
-            for o, gate in enumerate(reversed(gates[1:])):
-                v = self.dropout(v * gate)
-                if k_f is None:
-                    v = fftconv_inference(v, bias[o], k=k[o], max_elements=self.inference_chunk_elements)
-                else:
-                    v = fftconv_inference(v, bias[o], k_f=k_f[o], max_elements=self.inference_chunk_elements)
-            return _linear_channels_last(self.out_proj, v.mul_(gates[0]))  # v is ours: gate in place
-        y = v * gates[0]
-        return _linear_channels_last(self.out_proj, y)
+                v = fftconv_inference(v, bias[o], k_f=k_f[o], max_elements=self.inference_chunk_elements)
+        return linear_channels_last(self.out_proj, v.mul_(gates[0]))  # v is ours: gate in place
 
     def _project_in_slices(self, u: Tensor) -> Tensor:
         """in_proj + short conv without grad, over slices of positions written into one
         (B, (O+1) D, L) tensor: the unconvolved projection never exists whole (1.5 GB at 1M
         tokens, D=128). Each slice starts k-1 positions early so its causal taps see real inputs."""
-        batch, seqlen, _ = u.shape
+        batch, seq_len, _ = u.shape
         taps = self.short_filter.weight.shape[-1]
         step = max(taps, self.inference_chunk_elements // (batch * self.in_proj.out_features))
-        if step >= seqlen:  # one slice: no copy into an output buffer
-            return _ShortConvFn.apply(_linear_channels_first(self.in_proj, u), self.short_filter.weight,
-                                      self.short_filter.bias)
+        if step >= seq_len:  # one slice: no copy into an output buffer
+            return shortconv(linear_channels_first(self.in_proj, u), self.short_filter.weight, self.short_filter.bias)
         out: Tensor | None = None
-        for s in range(0, seqlen, step):
+        for s in range(0, seq_len, step):
             lo = max(0, s - (taps - 1))
-            x = _linear_channels_first(self.in_proj, u[:, lo:s + step])
-            x = _ShortConvFn.apply(x, self.short_filter.weight, self.short_filter.bias)[..., s - lo:]
+            x = linear_channels_first(self.in_proj, u[:, lo:s + step])
+            x = shortconv(x, self.short_filter.weight, self.short_filter.bias)[..., s - lo:]
             if out is None:
-                out = x.new_empty(batch, x.shape[1], seqlen)
+                out = x.new_empty(batch, x.shape[1], seq_len)
             out[..., s:s + step] = x
-        assert out is not None  # seqlen >= 1
+        assert out is not None  # seq_len >= 1
         return out
 
+    # ---- decoding: the same operator one position at a time, with an explicit state
 
-def _hooked(module: nn.Module) -> bool:
-    """True if anything hooks into the module's forward."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    def init_state(self, batch: int, total_len: int) -> HyenaState:
+        """An empty decoding state for `batch` sequences of up to `total_len` positions; the filter
+        is computed once, for all of them."""
+        orders, d = self.order - 1, self.d_model
+        filt = self.filter_fn.filter(total_len) if self.use_fast_path else self.filter_fn.filter_ref(total_len)
+        device = self.filter_fn.bias.device
+        return HyenaState(k=filt.float().view(orders, d, total_len), bias=self.filter_fn.bias.float().view(orders, d),
+                          inputs=torch.zeros(orders, batch, d, total_len, device=device),
+                          recent=torch.zeros(batch, (self.order + 1) * d, self.short_filter.weight.shape[-1] - 1,
+                                             device=device))
 
+    def _prefill(self, u: Tensor, state: HyenaState) -> None:
+        """Record the long-conv inputs of the positions of u (B, L, D) and the short conv's window."""
+        if state.t != 0:
+            raise ValueError(f"a decoding state takes its prompt once, at position 0 (it is at {state.t})")
+        seq_len = u.shape[1]
+        if seq_len > state.inputs.shape[-1]:
+            raise ValueError(f"the prompt has {seq_len} positions; the state holds {state.inputs.shape[-1]}")
+        x = self.in_proj(u).float().transpose(1, 2)  # (B, (O+1) D, L)
+        width = state.recent.shape[-1]
+        if width:
+            state.recent = torch.cat([state.recent, x], dim=-1)[..., -width:]
+        x = shortconv_ref(x, self.short_filter.weight.float(), self.short_filter.bias.float())
+        *gates, v = x.split(self.d_model, dim=1)
+        conv = fftconv if self.use_fast_path else fftconv_ref
+        for o, gate in enumerate(reversed(gates[1:])):
+            v = v * gate
+            state.inputs[o, :, :, :seq_len] = v
+            v = conv(v, state.k[o, :, :seq_len], state.bias[o])
+        state.t = seq_len
 
-def _plain_linear(module: nn.Module) -> bool:
-    """True for an nn.Linear with no forward hooks: safe to apply as a raw GEMM on its weights."""
-    return type(module) is nn.Linear and not _hooked(module)
-
-
-def _linear_channels_first(linear: nn.Linear, u: Tensor) -> Tensor:
-    """linear(u) for u (B, L, D_in), returned as a contiguous (B, D_out, L): W @ u^T + b in one GEMM.
-
-    Any other module in the slot (an adapter wrapping the Linear, say), or a Linear with forward
-    hooks, is called as a module and transposed, so wrappers and hooks still see their input.
-    """
-    if not _plain_linear(linear):
-        return rearrange(linear(u), "b l d -> b d l").contiguous()
-    return _ProjectionFn.apply(u, linear.weight, linear.bias, True)
-
-
-def _linear_channels_last(linear: nn.Linear, y: Tensor) -> Tensor:
-    """linear(y^T) for y (B, D_in, L) channels first -> (B, L, D_out): y^T @ W^T + b in one GEMM."""
-    if not _plain_linear(linear):
-        return linear(rearrange(y, "b d l -> b l d"))
-    return _ProjectionFn.apply(y, linear.weight, linear.bias, False)
-
-
-class _ProjectionFn(torch.autograd.Function):
-    """A Linear layer that also swaps the layout: (B, L, D_in) -> (B, D_out, L) (`to_channels`),
-    or (B, D_in, L) -> (B, L, D_out). Every product is one batched GEMM that reads its operands
-    transposed where needed, forward and backward, so the input gradient comes back contiguous in
-    the input's own layout (autograd through a transposed view would hand the previous op a
-    transposed gradient, read element by element or copied). Under autocast it computes in the
-    autocast dtype, as nn.Linear does; gradients come back in each input's dtype.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, to_channels: bool) -> Tensor:  # type: ignore[override]
-        dev = x.device.type
-        dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
-                 else torch.promote_types(x.dtype, weight.dtype))
-        with _autocast_off(dev):
-            xc, w = x.to(dtype), weight.to(dtype)
-            b = None if bias is None else bias.to(dtype)
-            if to_channels:  # W (D_out, D_in) @ x^T (D_in, L) + b (D_out, 1)
-                left, right = w.expand(x.shape[0], -1, -1), xc.mT
-                b = None if b is None else b.unsqueeze(-1)
-            else:  # x^T (L, D_in) @ W^T (D_in, D_out) + b
-                left, right = xc.mT, w.mT.expand(x.shape[0], -1, -1)
-            out = _empty((x.shape[0], left.shape[1], right.shape[2]), dtype, x.device)
-            if b is None:
-                torch.bmm(left, right, out=out)
-            elif dtype in (torch.float32, torch.float64):
-                # GEMM, then the bias added in place: faster on CPU than baddbmm, which first
-                # fills the output with the broadcast bias.
-                torch.bmm(left, right, out=out).add_(b)
-            else:  # half precision: one rounding of GEMM + bias, as nn.Linear
-                torch.baddbmm(b, left, right, out=out)
-        ctx.save_for_backward(xc, w)
-        ctx.to_channels = to_channels
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        xc, w = ctx.saved_tensors
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
-        grad = grad.to(xc.dtype)
-        batch, acc = xc.shape[0], torch.promote_types(xc.dtype, torch.float32)  # sums in at least fp32
-        grad_x = grad_w = grad_b = None
-        with _autocast_off(xc.device.type):
-            if ctx.to_channels:  # grad (B, D_out, L)
-                if ctx.needs_input_grad[0]:  # (B, L, D_in)
-                    grad_x = torch.bmm(grad.mT, w.expand(batch, -1, -1),
-                                       out=_empty((batch, grad.shape[2], w.shape[1]), grad.dtype, grad.device)).to(x_dtype)
-                if ctx.needs_input_grad[1]:
-                    grad_w = torch.bmm(grad, xc).sum(0, dtype=acc).to(w_dtype)  # sum_b grad @ x
-                if ctx.needs_input_grad[2]:
-                    grad_b = grad.sum((0, 2), dtype=acc).to(b_dtype)
-            else:  # grad (B, L, D_out)
-                if ctx.needs_input_grad[0]:  # (B, D_in, L)
-                    grad_x = torch.bmm(w.mT.expand(batch, -1, -1), grad.mT,
-                                       out=_empty((batch, w.shape[1], grad.shape[1]), grad.dtype, grad.device)).to(x_dtype)
-                if ctx.needs_input_grad[1]:
-                    grad_w = torch.bmm(grad.mT, xc.mT).sum(0, dtype=acc).to(w_dtype)  # sum_b grad^T @ x^T
-                if ctx.needs_input_grad[2]:
-                    grad_b = grad.sum((0, 1), dtype=acc).to(b_dtype)
-        return grad_x, grad_w, grad_b, None
+    def step(self, u: Tensor, state: HyenaState) -> Tensor:
+        """The operator's output at the next position t = state.t: u (B, D) -> (B, D); advances
+        the state. O(t D) per layer: the long conv at t is a dot product with the stored inputs."""
+        t = state.t
+        if t >= state.inputs.shape[-1]:
+            raise ValueError(f"the decoding state holds {state.inputs.shape[-1]} positions; all are used")
+        x = self.in_proj(u).float()  # (B, (O+1) D)
+        window = torch.cat([state.recent, x[..., None]], dim=-1)  # (B, (O+1) D, k)
+        conv = (window * self.short_filter.weight.float()[:, 0]).sum(-1) + self.short_filter.bias.float()
+        state.recent = window[..., 1:]
+        *gates, v = conv.split(self.d_model, dim=1)
+        for o, gate in enumerate(reversed(gates[1:])):
+            v = v * gate
+            hist = state.inputs[o]
+            hist[..., t] = v
+            # y_t = sum_s k_s v_{t-s} + bias v_t over the stored inputs (newest first)
+            v = (hist[..., :t + 1].flip(-1) * state.k[o, :, :t + 1]).sum(-1) + state.bias[o] * v
+        state.t = t + 1
+        return self.out_proj((v * gates[0]).to(u.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1001,7 +489,7 @@ class Block(nn.Module):
     """Pre-LayerNorm residual block: r += Mixer(LN1(r)); r += MLP(LN2(r))."""
 
     def __init__(self, d_model: int, d_inner: int, mixer: nn.Module, resid_dropout: float,
-                 layer_norm_epsilon: float, residual_in_fp32: bool) -> None:
+                 layer_norm_epsilon: float, residual_in_fp32: bool, use_fast_path: bool = True) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_epsilon)
         self.mixer = mixer
@@ -1009,24 +497,34 @@ class Block(nn.Module):
         self.mlp = Mlp(d_model, d_inner)
         self.dropout = nn.Dropout(resid_dropout)
         self.residual_in_fp32 = residual_in_fp32
-        # Without grad, the MLP runs over at most this many tokens (batch x positions) at a time.
-        self.inference_chunk_tokens = 1 << 16
+        self.use_fast_path = use_fast_path
+        self.inference_chunk_tokens = INFERENCE_CHUNK_TOKENS
 
-    def forward(self, residual: Tensor) -> Tensor:
-        """residual (B, L, D) -> (B, L, D); kept in fp32 when residual_in_fp32."""
+    def forward(self, residual: Tensor, state: HyenaState | None = None) -> Tensor:
+        """residual (B, L, D) -> (B, L, D); kept in fp32 when residual_in_fp32. `state`: see
+        `HyenaOperator.forward`."""
         if self.residual_in_fp32:
             residual = residual.float()
         dtype = self.norm1.weight.dtype
-        residual = residual + self.dropout(self.mixer(self.norm1(residual.to(dtype))))
-        if torch.is_grad_enabled():
+        h = self.norm1(residual.to(dtype))
+        residual = residual + self.dropout(self.mixer(h) if state is None else self.mixer(h, state))
+        if torch.is_grad_enabled() or not self.use_fast_path:
             return residual + self.dropout(self.mlp(self.norm2(residual.to(dtype))))
         # Inference: the MLP is per position, so run it over slices of the sequence; its (B, L, I)
-        # hidden activation is the widest tensor of the block (2 GB at 1M tokens, fp32, I = 512).
+        # hidden activation is the widest tensor of the block.
         step = max(1, self.inference_chunk_tokens // residual.shape[0])
         for s in range(0, residual.shape[1], step):
             chunk = residual[:, s:s + step]
             chunk += self.dropout(self.mlp(self.norm2(chunk.to(dtype))))
         return residual
+
+    def step(self, residual: Tensor, state: HyenaState) -> Tensor:
+        """One position of `forward` while decoding: residual (B, D) -> (B, D); advances the state."""
+        if self.residual_in_fp32:
+            residual = residual.float()
+        dtype = self.norm1.weight.dtype
+        residual = residual + self.dropout(self.mixer.step(self.norm1(residual.to(dtype)), state))
+        return residual + self.dropout(self.mlp(self.norm2(residual.to(dtype))))
 
 
 class HyenaEmbeddings(nn.Module):
@@ -1050,16 +548,9 @@ class HyenaDNAModel(nn.Module):
         self.config = c
         self.embeddings = HyenaEmbeddings(c.padded_vocab_size, c.d_model)
         self.embed_dropout = nn.Dropout(c.embed_dropout)
-        filter_args = dict(
-            emb_dim=c.emb_dim, filter_order=c.filter_order, num_inner_mlps=c.num_inner_mlps,
-            activation_freq=c.activation_freq, train_freq=c.train_freq, modulate=c.modulate,
-            fast_decay_pct=c.fast_decay_pct, slow_decay_pct=c.slow_decay_pct,
-            decay_target=c.decay_target, shift=c.shift)
         self.layers = nn.ModuleList([
-            Block(c.d_model, c.d_inner, HyenaOperator(c.d_model, c.l_max, order=c.hyena_order,
-                                                      short_filter_order=c.short_filter_order,
-                                                      dropout=c.hyena_dropout, **filter_args),
-                  c.resid_dropout, c.layer_norm_epsilon, c.residual_in_fp32)
+            Block(c.d_model, c.d_inner, HyenaOperator.from_config(c), c.resid_dropout, c.layer_norm_epsilon,
+                  c.residual_in_fp32, c.use_fast_path)
             for _ in range(c.n_layer)])
         self.ln_f = nn.LayerNorm(c.d_model, eps=c.layer_norm_epsilon)
 
@@ -1080,11 +571,13 @@ class HyenaDNAModel(nn.Module):
             raise ValueError(f"input_ids must lie in [0, {self.config.padded_vocab_size}), got values in "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
 
-    def forward(self, input_ids: Tensor, prefix_embeds: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, prefix_embeds: Tensor | None = None,
+                states: list[HyenaState] | None = None) -> Tensor:
         """input_ids (B, L), optional soft prompt prefix_embeds (P, D) or (B, P, D) -> (B, P + L, D).
 
         The prefix is inserted after the token embedding and before the first block (the
-        paper's soft prompting); the caller drops the first P positions of the output.
+        paper's soft prompting); the caller drops the first P positions of the output. `states`
+        (`init_states`): record the positions for decoding on with `step`.
         """
         prefix_len = 0 if prefix_embeds is None else prefix_embeds.shape[-2]
         self.check_input_ids(input_ids, prefix_len)
@@ -1094,12 +587,25 @@ class HyenaDNAModel(nn.Module):
                 prefix_embeds = prefix_embeds.unsqueeze(0).expand(hidden.shape[0], -1, -1)
             hidden = torch.cat([prefix_embeds.to(hidden.dtype), hidden], dim=1)
         residual = self.embed_dropout(hidden)
-        for layer in self.layers:
-            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        for i, layer in enumerate(self.layers):
+            if states is not None:
+                residual = layer(residual, states[i])
+            elif self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # Recompute the block in backward: same modules, same state-dict keys.
                 residual = checkpoint(layer, residual, use_reentrant=False)
             else:
                 residual = layer(residual)
+        return self.ln_f(residual.to(self.ln_f.weight.dtype))
+
+    def init_states(self, batch: int, total_len: int) -> list[HyenaState]:
+        """One empty decoding state per layer (see `HyenaOperator.init_state`)."""
+        return [layer.mixer.init_state(batch, total_len) for layer in self.layers]
+
+    def step(self, input_ids: Tensor, states: list[HyenaState]) -> Tensor:
+        """The hidden state of one more token per sequence: input_ids (B,) -> (B, D); advances the states."""
+        residual = self.embed_dropout(self.embeddings(input_ids.long()[:, None])[:, 0])  # (B, D)
+        for layer, state in zip(self.layers, states):
+            residual = layer.step(residual, state)
         return self.ln_f(residual.to(self.ln_f.weight.dtype))
 
 
@@ -1132,8 +638,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-class HyenaDNAForCausalLM(nn.Module):
-    """Next-token language model: backbone + LM head tied to the token embedding."""
+class HyenaDNAForCausalLM(PretrainedMixin, nn.Module, task="causal_lm"):
+    """Next-token language model: backbone + LM head tied to the token embedding. `save_pretrained`
+    and `from_pretrained` come from `hyenadna.checkpoint.PretrainedMixin`."""
 
     def __init__(self, config: HyenaConfig) -> None:
         super().__init__()
@@ -1164,19 +671,6 @@ class HyenaDNAForCausalLM(nn.Module):
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().long(), ignore_index=ignore_index)
         return HyenaOutput(logits=logits, loss=loss, hidden_states=hidden if output_hidden_states else None)
 
-    def save_pretrained(self, directory: Any, tokenizer: Any = None) -> Any:
-        """Write config.json + model.safetensors + tokenizer.json to `directory` (hyenadna.checkpoint)."""
-        from hyenadna.checkpoint import save_pretrained  # lazy: checkpoint imports this module
-
-        return save_pretrained(self, directory, tokenizer=tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, path: Any, **kwargs: Any) -> HyenaDNAForCausalLM:
-        """Load any supported checkpoint as a language model (see hyenadna.load_pretrained)."""
-        from hyenadna.checkpoint import load_pretrained
-
-        return load_pretrained(path, task="causal_lm", **kwargs)
-
 
 def pool_hidden(hidden: Tensor, mode: PoolingMode, attention_mask: Tensor | None = None) -> Tensor:
     """Pool (B, L, D) -> (B, D) over real tokens only.
@@ -1198,14 +692,15 @@ def pool_hidden(hidden: Tensor, mode: PoolingMode, attention_mask: Tensor | None
     if mode == "mean":
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / n_real.unsqueeze(-1).to(hidden.dtype)
-    seqlen = hidden.shape[1]
+    seq_len = hidden.shape[1]
     if mode == "first":
         return hidden[batch, mask.int().argmax(1)]
-    return hidden[batch, seqlen - 1 - mask.flip(1).int().argmax(1)]
+    return hidden[batch, seq_len - 1 - mask.flip(1).int().argmax(1)]
 
 
-class HyenaDNAForSequenceClassification(nn.Module):
-    """Backbone + pooling + linear head for classification (single/multi-label) or regression."""
+class HyenaDNAForSequenceClassification(PretrainedMixin, nn.Module, task="classification"):
+    """Backbone + pooling + linear head for classification (single/multi-label) or regression;
+    `from_pretrained(path, num_labels=...)` puts a new head on a language model's backbone."""
 
     def __init__(self, config: HyenaConfig, num_labels: int, pooling: PoolingMode = "last",
                  problem_type: ProblemType = "single_label") -> None:
@@ -1241,16 +736,3 @@ class HyenaDNAForSequenceClassification(nn.Module):
             else:
                 loss = F.mse_loss(logits.float(), labels.float().view_as(logits))
         return HyenaOutput(logits=logits, loss=loss, hidden_states=hidden if output_hidden_states else None)
-
-    def save_pretrained(self, directory: Any, tokenizer: Any = None) -> Any:
-        """Write config.json + model.safetensors + tokenizer.json to `directory` (hyenadna.checkpoint)."""
-        from hyenadna.checkpoint import save_pretrained  # lazy: checkpoint imports this module
-
-        return save_pretrained(self, directory, tokenizer=tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, path: Any, **kwargs: Any) -> HyenaDNAForSequenceClassification:
-        """Load any supported checkpoint as a classifier; num_labels= puts a new head on an LM backbone."""
-        from hyenadna.checkpoint import load_pretrained
-
-        return load_pretrained(path, task="classification", **kwargs)

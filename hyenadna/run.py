@@ -37,7 +37,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from hyenadna.compile import check_compile_flag
 from hyenadna.files import atomic_write, describe_os_error, write_text_atomic
-from hyenadna.runtime import buffers, check_switch, huge_pages_state, keep_freed_memory
+from hyenadna.ops.buffers import buffer_pool
+from hyenadna.runtime import check_switch, huge_pages_state, keep_freed_memory
 
 # Every callable a config may instantiate, by exact dotted name. A prefix rule is not enough:
 # Hydra resolves `hyenadna.checkpoint.torch.load` through the module's attributes.
@@ -544,8 +545,8 @@ def start_run(cfg: DictConfig, known_keys: frozenset[str], resume_from: str | No
         warnings.warn(f"cpu_huge_pages=true has no effect: {state[1]}", RuntimeWarning, stacklevel=2)
     if keep and (why := keep_freed_memory()):
         warnings.warn(f"cpu_keep_freed_memory=true has no effect: {why}", RuntimeWarning, stacklevel=2)
-    buffers.release()  # a previous run's buffers, in this process
-    buffers.enable(reuse)
+    buffer_pool.release()  # a previous run's buffers, in this process
+    buffer_pool.enable(reuse)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     return out
 

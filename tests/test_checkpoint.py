@@ -483,6 +483,21 @@ def test_head_classes_save_and_load_through_their_methods(model, ids, tmp_path) 
                        logits(clf, ids))
 
 
+def test_use_fast_path_is_a_runtime_field_a_checkpoint_may_differ_in(model, ids, tmp_path) -> None:
+    """The reference kernels change neither the state-dict keys nor what a checkpoint must match:
+    a checkpoint saved from the fast model loads on the references (and back), with the same outputs
+    to fp32 rounding, and a config without the field (an older checkpoint) means the fast path."""
+    from hyenadna.lm import check_same_architecture
+
+    model.save_pretrained(tmp_path / "lm")
+    ref = load_pretrained(tmp_path / "lm", config_overrides={"use_fast_path": False})
+    assert ref.config.use_fast_path is False and list(ref.state_dict()) == list(model.state_dict())
+    torch.testing.assert_close(logits(ref, ids), logits(model, ids), rtol=1e-4, atol=1e-4)
+    saved = {k: v for k, v in CFG.to_dict().items() if k != "use_fast_path"}
+    assert HyenaConfig.from_dict(saved).use_fast_path is True
+    check_same_architecture(saved, ref.config.to_dict(), "checkpoint")  # no error
+
+
 def test_pretraining_checkpoint_with_hyena_config_loads(model, ids, tmp_path) -> None:
     # The layout hyenadna.lm.CausalLMModule writes: model.* weights, the config as a plain dict.
     f = tmp_path / "last.ckpt"

@@ -16,11 +16,10 @@ from hyenadna.model import (
     HyenaDNAForSequenceClassification,
     HyenaOperator,
     count_parameters,
-    fftconv,
-    fftconv_ref,
     pool_hidden,
     positional_features,
 )
+from hyenadna.ops import causal_conv_direct, fftconv
 
 
 def tiny_config(**overrides) -> HyenaConfig:
@@ -29,28 +28,23 @@ def tiny_config(**overrides) -> HyenaConfig:
 
 
 def operator(d: int = 16, l_max: int = 64, order: int = 2) -> HyenaOperator:
-    c = tiny_config(d_model=d, l_max=l_max, hyena_order=order)
-    return HyenaOperator(d, l_max, order=order, short_filter_order=c.short_filter_order,
-                         emb_dim=c.emb_dim, filter_order=c.filter_order, num_inner_mlps=c.num_inner_mlps,
-                         activation_freq=c.activation_freq, train_freq=c.train_freq, modulate=c.modulate,
-                         fast_decay_pct=c.fast_decay_pct, slow_decay_pct=c.slow_decay_pct,
-                         decay_target=c.decay_target, shift=c.shift)
+    return HyenaOperator.from_config(tiny_config(d_model=d, l_max=l_max, hyena_order=order))
 
 
 # ---------------------------------------------------------------- FFT convolution
 
 
-@pytest.mark.parametrize("seqlen", [1, 2, 7, 64, 127, 128, 301])
-def test_fftconv_equals_direct_causal_convolution(seqlen: int) -> None:
-    torch.manual_seed(seqlen)
-    u, k, bias = torch.randn(3, 5, seqlen, dtype=torch.float64), torch.randn(5, seqlen, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
-    want = fftconv_ref(u, k, bias)
+@pytest.mark.parametrize("seq_len", [1, 2, 7, 64, 127, 128, 301])
+def test_fftconv_equals_direct_causal_convolution(seq_len: int) -> None:
+    torch.manual_seed(seq_len)
+    u, k, bias = torch.randn(3, 5, seq_len, dtype=torch.float64), torch.randn(5, seq_len, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    want = causal_conv_direct(u, k, bias)
     got = fftconv(u, k, bias)
     # fftconv computes in fp32 by design; compare at fp32 precision against the fp64 reference
-    torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-4 * math.sqrt(seqlen))
+    torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-4 * math.sqrt(seq_len))
 
 
-def test_fftconv_reference_is_a_loop() -> None:
+def test_direct_causal_conv_is_the_loop() -> None:
     """The reference itself against the definition y_t = sum_{s<=t} k_s u_{t-s} + b u_t."""
     torch.manual_seed(0)
     u, k, bias = torch.randn(1, 2, 9), torch.randn(2, 9), torch.randn(2)
@@ -59,7 +53,7 @@ def test_fftconv_reference_is_a_loop() -> None:
         for s in range(t + 1):
             y[..., t] += k[:, s] * u[..., t - s]
         y[..., t] += bias * u[..., t]
-    torch.testing.assert_close(fftconv_ref(u, k, bias), y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(causal_conv_direct(u, k, bias), y, rtol=1e-5, atol=1e-5)
 
 
 def test_fftconv_runs_in_fp32_under_bf16_autocast() -> None:
@@ -80,7 +74,7 @@ def test_fftconv_runs_in_fp32_under_bf16_autocast() -> None:
         torch.fft.rfft = real_rfft
     assert seen and all(d == torch.float32 for d in seen)
     assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), fftconv_ref(u.bfloat16().float(), k, bias), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(y.float(), causal_conv_direct(u.bfloat16().float(), k, bias), rtol=2e-2, atol=2e-2)
 
 
 # ---------------------------------------------------------------- causality
@@ -89,7 +83,7 @@ def test_fftconv_runs_in_fp32_under_bf16_autocast() -> None:
 def short_conv_look_aheads(op: HyenaOperator) -> list[str]:
     """Where the short conv as the operator runs it sees later inputs: [] when it is causal.
 
-    It is `model_module._ShortConvFn` (looked up at call time, as the operator does) with the
+    It is `model_module.shortconv` (looked up at call time, as the operator does) with the
     operator's weights, forward and backward, and the operator's no-grad in_proj + short conv in
     one and in several slices. Every output is its own k multiply-adds (in_proj: one dot product
     per position), so the checks are exact: a change at input s leaves earlier outputs bit for bit
@@ -97,21 +91,21 @@ def short_conv_look_aheads(op: HyenaOperator) -> list[str]:
     at inputs t-k+1..t and zero elsewhere, and tap j's weight gradient is the input k-1-j back.
     """
     torch.manual_seed(0)
-    conv = model_module._ShortConvFn
+    conv = model_module.shortconv
     w, b = op.short_filter.weight, op.short_filter.bias
     channels, taps = w.shape[0], w.shape[-1]
-    seqlen, s = 20, 10
+    seq_len, s = 20, 10
     found: list[str] = []
-    x = torch.randn(2, channels, seqlen)
+    x = torch.randn(2, channels, seq_len)
     x2 = x.clone()
     x2[..., s] += 1.0
     with torch.no_grad():
-        y, y2 = conv.apply(x, w, b), conv.apply(x2, w, b)
+        y, y2 = conv(x, w, b), conv(x2, w, b)
     if not (torch.equal(y[..., :s], y2[..., :s]) and (y[..., s] != y2[..., s]).all()):
         found.append("forward")
-    for t in (0, 7, seqlen - 1):
+    for t in (0, 7, seq_len - 1):
         xt = x[:1].clone().requires_grad_()
-        out = conv.apply(xt, w, b)
+        out = conv(xt, w, b)
         g = torch.zeros_like(out)
         g[..., t] = 1.0
         gx, gw = torch.autograd.grad(out, (xt, w), g)
@@ -123,7 +117,7 @@ def short_conv_look_aheads(op: HyenaOperator) -> list[str]:
             found.append("input gradient")
         if not torch.equal(gw, want_gw) and "weight gradient" not in found:
             found.append("weight gradient")
-    u = torch.randn(2, seqlen, op.d_model)
+    u = torch.randn(2, seq_len, op.d_model)
     u2 = u.clone()
     u2[:, s] += 1.0
     whole = op.inference_chunk_elements
@@ -139,13 +133,10 @@ def short_conv_look_aheads(op: HyenaOperator) -> list[str]:
     return found
 
 
-class LookAheadShortConv:
+def look_ahead_short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """A short conv one step off (output t sees inputs t-k+2..t+1): what the causality check must catch."""
-
-    @staticmethod
-    def apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        taps = weight.shape[-1]
-        return F.conv1d(x, weight, bias, padding=taps - 1, groups=x.shape[1])[..., 1:x.shape[-1] + 1]
+    taps = weight.shape[-1]
+    return F.conv1d(x, weight, bias, padding=taps - 1, groups=x.shape[1])[..., 1:x.shape[-1] + 1]
 
 
 def test_short_filter_is_causal() -> None:
@@ -153,7 +144,7 @@ def test_short_filter_is_causal() -> None:
 
 
 def test_short_filter_causality_check_catches_a_conv_that_looks_ahead(monkeypatch) -> None:
-    monkeypatch.setattr(model_module, "_ShortConvFn", LookAheadShortConv)
+    monkeypatch.setattr(model_module, "shortconv", look_ahead_short_conv)
     op = operator()
     assert short_conv_look_aheads(op) == [
         "forward", "input gradient", "weight gradient", "no-grad in_proj + short conv, chunk 16777216",

@@ -126,7 +126,7 @@ def test_config_switches_have_their_defaults_and_are_checked(config_name: str, t
     from hyenadna.finetune import REPO_ROOT
     from hyenadna.pretrain import TOP_LEVEL_KEYS
     from hyenadna.run import start_run
-    from hyenadna.runtime import buffers
+    from hyenadna.ops.buffers import buffer_pool
 
     switches = ("cpu_keep_freed_memory", "cpu_huge_pages", "cpu_reuse_buffers")
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
@@ -142,16 +142,16 @@ def test_config_switches_have_their_defaults_and_are_checked(config_name: str, t
     assert set(switches) <= TOP_LEVEL_KEYS
     try:
         start_run(off, frozenset(off))
-        assert buffers.enabled is False
+        assert buffer_pool.enabled is False
     finally:
         start_run(on, frozenset(on))
-    assert buffers.enabled is buffers.available
+    assert buffer_pool.enabled is buffer_pool.available
 
 
 def test_buffer_pool_reuses_a_storage_only_once_nothing_references_it() -> None:
     import torch
 
-    from hyenadna.runtime import BufferPool
+    from hyenadna.ops.buffers import BufferPool
 
     pool = BufferPool(min_bytes=1024)
     a = pool.empty((64, 64), torch.float32, "cpu")  # 16 KB
@@ -182,7 +182,7 @@ def test_buffer_pool_reuses_a_storage_only_once_nothing_references_it() -> None:
 def test_buffer_pool_releases_idle_storages_of_a_size_no_longer_asked_for() -> None:
     import torch
 
-    from hyenadna.runtime import BufferPool
+    from hyenadna.ops.buffers import BufferPool
 
     pool = BufferPool(min_bytes=1024, stale_after=4)
     kept = pool.empty((16, 64), torch.float32, "cpu")  # 4 KB, in use throughout: never dropped

@@ -1,0 +1,54 @@
+"""What the kernels share: the size thresholds (all of them, here only) and two small helpers.
+
+Every threshold bounds memory or a cache at long sequence lengths; none changes a result (the
+chunked, sliced and cached paths compute the same values as the whole-tensor ones, which
+tests/test_fast_paths.py pins). The model copies the inference ones into per-module attributes
+(`inference_chunk_elements`, ...) so that a test or a user can shrink them on one layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+# Smallest buffer the pool keeps (ops/buffers.py): glibc's largest mmap threshold on 64-bit. Smaller
+# blocks come back from glibc's heap without new page faults anyway.
+POOL_MIN_BYTES = 32 << 20
+# An idle pooled storage not handed out for this many requests is released: its shape is gone
+# (a warmup stage changed L, the last batch was smaller).
+POOL_STALE_AFTER = 256
+# The short conv's weight gradient sums tap products through one buffer of at most this many
+# values when it cannot borrow the input gradient's (64 MB fp32 at any L).
+SHORT_CONV_PRODUCT_ELEMENTS = 1 << 24
+# Without grad, the long conv and the in_proj + short conv run in chunks of at most this many
+# (padded) values: 64 MB fp32, so a 1M-token forward never holds a whole (B, D, 2L) spectrum.
+INFERENCE_CHUNK_ELEMENTS = 1 << 24
+# Without grad, the MLP runs over at most this many tokens (batch x positions) at a time: its
+# (B, L, I) hidden activation is the widest tensor of a block (2 GB at 1M tokens, fp32, I = 512).
+INFERENCE_CHUNK_TOKENS = 1 << 16
+# Without grad, the implicit filter is generated over slices of this many positions, so the
+# (L, F) hidden activations of a 1M-long filter never exist whole.
+INFERENCE_CHUNK_POSITIONS = 1 << 16
+# Decays (D, L) up to this size are cached between calls with the same positions; larger ones
+# are rebuilt (at those lengths they cost far less than the rest of a step).
+DECAY_CACHE_MAX_BYTES = 1 << 24
+# Eval-mode filter spectra (D, n/2 + 1) complex64 up to this size are cached; larger ones
+# (1 GB per layer at D = 128, L = 1M) are recomputed, where the filter MLP is a small share anyway.
+SPECTRUM_CACHE_MAX_BYTES = 1 << 28
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """A region that computes in the tensors' own dtypes: autocast disabled where it is on (a
+    no-op context otherwise, cheaper than entering a disabled autocast on every call)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def hooked(module: nn.Module) -> bool:
+    """True if anything hooks into the module's forward (a fast path that bypasses the module's
+    call must then fall back to calling it)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
