@@ -1,4 +1,4 @@
-"""What train.py and finetune.py print: each Lightning line once, no spurious warning."""
+"""What train.py and finetune.py print: each Lightning line once, no spurious warning, an honest --help."""
 
 from __future__ import annotations
 
@@ -50,3 +50,17 @@ def test_no_previous_log_files_warning(smoke_run: tuple[str, str, Path]) -> None
     prog, console, run = smoke_run
     assert "Previous log files" not in console and "will be deleted" not in console
     assert (run / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("prog, groups", [
+    ("train", {"data", "experiment", "logger", "model", "trainer"}),
+    ("finetune", {"experiment", "logger", "method", "model", "task", "trainer"}),
+])
+def test_help_lists_only_the_groups_the_entry_point_accepts(prog: str, groups: set[str]) -> None:
+    proc = run_entry_point(prog, "--help")
+    assert proc.returncode == 0, proc.stderr
+    section = proc.stdout.split("== Configuration groups ==", 1)[1].split("== Config ==", 1)[0]
+    listed = dict(line.split(": ", 1) for line in section.splitlines() if ": " in line)
+    assert set(listed) == groups
+    experiments = listed["experiment"].split(", ")
+    assert experiments and all(e.startswith("ft_") == (prog == "finetune") for e in experiments), experiments
