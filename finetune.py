@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 from hyenadna.runtime import check_switch, use_huge_pages
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="finetune")
+@hydra.main(version_base="1.3", config_path="configs/finetune", config_name="finetune")
 def main(cfg: DictConfig) -> None:
     """Run `hyenadna.finetune.fit`; it prints the test table and writes results.json."""
     # Before Lightning is imported: its import allocates tensors, and PyTorch reads the huge-page

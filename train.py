@@ -1,4 +1,4 @@
-"""Pretrain HyenaDNA: `python train.py [group=option ...] [key=value ...]` (configs/train.yaml)."""
+"""Pretrain HyenaDNA: `python train.py [group=option ...] [key=value ...]` (configs/train/train.yaml)."""
 
 import hydra
 from omegaconf import DictConfig
@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 from hyenadna.runtime import check_switch, use_huge_pages
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@hydra.main(version_base="1.3", config_path="configs/train", config_name="train")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; all the work is in `hyenadna.pretrain.fit`."""
     # Before Lightning is imported: its import allocates tensors, and PyTorch reads the huge-page

@@ -1,7 +1,7 @@
 """Test accuracy of soft prompt, linear probe, full finetuning and the same model from scratch.
 
 On the shipped species task (data/species), from one pretrained checkpoint; every run is
-`hyenadna.finetune.fit` on `configs/finetune.yaml` with the same seed, data and epochs:
+`hyenadna.finetune.fit` on `configs/finetune/finetune.yaml` with the same seed, data and epochs:
 
     python benchmarks/compare_finetune.py --pretrained outputs/default/<run>/checkpoints/last.ckpt
     python benchmarks/compare_finetune.py --pretrained <ckpt> --epochs 10 --seeds 1 2 3 \
@@ -45,7 +45,7 @@ def main() -> None:
                         help="finetuning seeds (head init, batch order); several give mean and spread")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs" / "finetune"), version_base="1.3"):
         base = compose(config_name="finetune", overrides=[f"output_dir={args.out}"])
         pretrained = args.pretrained or quick_pretrain(list(base.pretrain_overrides), args.out / "pretrain")
         from hyenadna.checkpoint import load_pretrained

@@ -38,6 +38,7 @@ from hyenadna.tasks import TaskDataModule
 from hyenadna.tokenizer import CharTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_CONFIG_DIR = REPO_ROOT / "configs" / "train"  # the quick pretraining composes train.yaml
 TOP_LEVEL_KEYS = frozenset({"task", "method", "model", "trainer", "logger", "optimizer", "scheduler", "pretrained",
                             "pretrain_overrides", "early_stopping_patience", "monitor", "monitor_mode", "icl_shots", "seed",
                             "output_dir", "experiment_name", "torch_threads", "compile",
@@ -68,16 +69,26 @@ def inherited_overrides(cfg: DictConfig) -> list[str]:
     return out
 
 
+def compose_train_config(overrides: list[str]) -> DictConfig:
+    """configs/train/train.yaml with `overrides`, as `python train.py` composes it, also from inside
+    `python finetune.py` (whose Hydra searches configs/finetune, which has no train.yaml)."""
+    running = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(TRAIN_CONFIG_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    finally:
+        if running is not None:  # give `python finetune.py` its own Hydra back
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(running)
+
+
 def quick_pretrain(overrides: list[str], out: Path) -> str:
-    """Run `hyenadna.pretrain.fit` on `configs/train.yaml` with `overrides`; return its last checkpoint."""
+    """Run `hyenadna.pretrain.fit` on configs/train/train.yaml with `overrides`; return its last checkpoint."""
     from hyenadna.pretrain import fit as pretrain_fit
 
     overrides = [*overrides, f"output_dir={out}"]
-    if GlobalHydra.instance().is_initialized():  # inside `python finetune.py`: reuse its config search path
-        cfg = compose(config_name="train", overrides=overrides)
-    else:
-        with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_train_config(overrides)
     print(f"no pretrained= given: pretraining first with `python train.py {' '.join(overrides[:-1])}` into {out}")
     result = pretrain_fit(cfg)
     ckpt = result.get("last_checkpoint") or ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import logging
 import math
 import os
 import shutil
@@ -556,10 +557,32 @@ def start_run(cfg: DictConfig, known_keys: frozenset[str], resume_from: str | No
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
+def _not_from_lightning(record: logging.LogRecord) -> bool:
+    return not (record.name == "lightning" or record.name.startswith("lightning."))
+
+
+def log_lightning_once() -> None:
+    """Each Lightning log line once on the console when Hydra has configured logging.
+
+    `import lightning` gives the ``lightning`` logger a console handler of its own and leaves it
+    propagating to the root logger, where Hydra's job logging puts a console and a file handler:
+    every INFO line was printed twice. Hydra's console handlers now skip Lightning's records, which
+    still reach Hydra's log file (``<run>/train.log``, ``<run>/finetune.log``).
+    """
+    if not any(type(h) is logging.StreamHandler for h in logging.getLogger("lightning").handlers):
+        return  # no console handler of Lightning's own: Hydra's is the only one that shows its lines
+    for handler in logging.getLogger().handlers:
+        # Exactly StreamHandler: not a FileHandler (a subclass), nor pytest's capture handlers.
+        if type(handler) is logging.StreamHandler and _not_from_lightning not in handler.filters:
+            handler.addFilter(_not_from_lightning)
+
+
 def run_and_report(fit: Callable[[DictConfig], Any], cfg: DictConfig, prog: str) -> Any:
-    """Call `fit(cfg)` for an entry point: a user error becomes one line on stderr and exit
-    status 1, an interrupted run exits 128 + signal after saying how to resume
-    (HYDRA_FULL_ERROR=1 shows the traceback instead)."""
+    """Call `fit(cfg)` for an entry point, with each Lightning log line printed once
+    (`log_lightning_once`): a user error becomes one line on stderr and exit status 1, an
+    interrupted run exits 128 + signal after saying how to resume (HYDRA_FULL_ERROR=1 shows the
+    traceback instead)."""
+    log_lightning_once()
     try:
         return fit(cfg)
     except RunInterrupted as err:

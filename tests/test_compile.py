@@ -154,7 +154,7 @@ def test_compile_model_rejects_bad_arguments() -> None:
 
 @pytest.mark.parametrize("config_name", ["train", "finetune"])
 def test_config_switch_is_off_by_default_and_checked(config_name: str) -> None:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIGS / config_name), version_base="1.3"):
         assert compose(config_name).compile is False
         assert check_compile_flag(compose(config_name, overrides=["compile=true"]).compile) is True
         bad = compose(config_name, overrides=["compile=yes"]).compile
@@ -166,7 +166,7 @@ def test_config_switch_is_off_by_default_and_checked(config_name: str) -> None:
 @pytest.mark.usefixtures("one_thread")  # the smoke experiment sets torch_threads: 1; restore the count after
 def test_smoke_pretraining_compiled_matches_the_golden_losses(tmp_path) -> None:
     """`python train.py experiment=smoke compile=true`: the golden (eager) losses and a loadable checkpoint."""
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIGS / "train"), version_base="1.3"):
         cfg = compose("train", overrides=[f"output_dir={tmp_path}", "experiment=smoke", "compile=true"])
     graphs = counters["stats"]["unique_graphs"]
     with warnings.catch_warnings():

@@ -16,10 +16,11 @@ from hyenadna.run import check_targets
 from hyenadna.pretrain import fit as pretrain_fit
 from hyenadna.tasks import TaskDataModule
 
-CONFIGS = str(REPO_ROOT / "configs")
-METHODS = sorted(p.stem for p in (REPO_ROOT / "configs" / "method").glob("*.yaml"))
-TASKS = sorted(p.stem for p in (REPO_ROOT / "configs" / "task").glob("*.yaml"))
-EXPERIMENTS = sorted(p.stem for p in (REPO_ROOT / "configs" / "experiment").glob("ft_*.yaml"))
+CONFIGS = str(REPO_ROOT / "configs" / "finetune")  # finetune.py's configs
+TRAIN_CONFIGS = str(REPO_ROOT / "configs" / "train")
+METHODS = sorted(p.stem for p in (REPO_ROOT / "configs" / "finetune" / "method").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (REPO_ROOT / "configs" / "finetune" / "task").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO_ROOT / "configs" / "finetune" / "experiment").glob("*.yaml"))
 
 
 def finetune_cfg(*overrides: str) -> DictConfig:
@@ -31,7 +32,7 @@ def finetune_cfg(*overrides: str) -> DictConfig:
 def smoke_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real train.py checkpoint: helper `fit` with the smoke experiment (d32, l_max 130, 12 steps)."""
     out = tmp_path_factory.mktemp("pretrain")
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+    with initialize_config_dir(config_dir=TRAIN_CONFIGS, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=smoke", f"output_dir={out}", "logger=none"])
     return pretrain_fit(cfg)["last_checkpoint"]
 
@@ -118,7 +119,7 @@ def test_species_pretraining_corpus_holds_train_ranges_only() -> None:
         # outside the train range, only repeats (rRNA operons, IS elements) recur verbatim
         assert verbatim == {"train": 2000, "valid": 3, "test": 12}[split], (split, verbatim)
     overrides = list(finetune_cfg().pretrain_overrides)
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+    with initialize_config_dir(config_dir=TRAIN_CONFIGS, version_base="1.3"):
         data = compose(config_name="train", overrides=overrides).data
     assert [g.fasta for g in data.genomes if g.weight > 0] == ["data/species/pretrain/genomes.fa.gz"]
 

@@ -129,7 +129,7 @@ def test_config_switches_have_their_defaults_and_are_checked(config_name: str, t
     from hyenadna.ops.buffers import buffer_pool
 
     switches = ("cpu_keep_freed_memory", "cpu_huge_pages", "cpu_reuse_buffers")
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs" / config_name), version_base="1.3"):
         assert compose(config_name).cpu_keep_freed_memory is False
         assert compose(config_name).cpu_huge_pages is True
         assert compose(config_name).cpu_reuse_buffers is True

@@ -18,14 +18,14 @@ from hyenadna.pretrain import fit
 from hyenadna.run import ALLOWED_TARGETS, check_targets
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "configs" / "train"  # train.py's configs (model/, trainer/, logger/ are shared)
 GOLDEN = Path(__file__).parent / "assets" / "golden_losses.json"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_cfg(tmp: Path, *overrides: str) -> DictConfig:
-    """Compose configs/train.yaml as `python train.py <overrides>` would, writing into `tmp`."""
+    """Compose configs/train/train.yaml as `python train.py <overrides>` would, writing into `tmp`."""
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("train", overrides=[f"output_dir={tmp}", *overrides])
 
@@ -106,8 +106,7 @@ def _all_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-# `ft_*` experiments belong to configs/finetune.yaml (tests/test_finetune*.py); the rest to train.yaml.
-PRETRAIN_EXPERIMENTS = [e for e in _all_options("experiment") if not e.startswith("ft_")]
+PRETRAIN_EXPERIMENTS = _all_options("experiment")  # finetune.py's are in configs/finetune (test_finetune.py)
 
 
 def test_pretraining_experiments_are_found() -> None:
@@ -151,7 +150,7 @@ def test_every_group_option_composes_and_instantiates(tmp_path: Path, group: str
 
 
 def test_targets_only_point_into_allowed_packages() -> None:
-    targets = [line.split(":", 1)[1].strip() for p in CONFIGS.rglob("*.yaml")
+    targets = [line.split(":", 1)[1].strip() for p in (ROOT / "configs").rglob("*.yaml")
                for line in p.read_text().splitlines() if line.strip().startswith("_target_:")]
     assert targets and all(t in ALLOWED_TARGETS for t in targets), targets
     with pytest.raises(ValueError, match="not allowed"):
