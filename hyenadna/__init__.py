@@ -12,6 +12,7 @@ from hyenadna.model import (
 )
 from hyenadna.tokenizer import CharTokenizer
 from hyenadna.checkpoint import load_pretrained
+from hyenadna.version import __version__
 
 __all__ = [
     "CharTokenizer",
@@ -20,5 +21,6 @@ __all__ = [
     "HyenaDNAForSequenceClassification",
     "HyenaDNAModel",
     "HyenaOutput",
+    "__version__",
     "load_pretrained",
 ]

@@ -51,6 +51,7 @@ from hyenadna.inference import (
     write_vep_tsv,
 )
 from hyenadna.tokenizer import CharTokenizer
+from hyenadna.version import __version__
 
 
 SHIFT_HELP = ("override the filter modulation shift: 0.05 (default for releases, as in the official "
@@ -280,6 +281,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``hyenadna`` command."""
     parser = argparse.ArgumentParser(prog="hyenadna", description="HyenaDNA checkpoints and inference")
+    parser.add_argument("--version", action="version", version=f"hyenadna {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a release / Lightning checkpoint into our format")

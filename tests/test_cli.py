@@ -323,3 +323,21 @@ def test_a_damaged_gzip_input_is_one_line_naming_the_file(converted, tmp_path, c
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and err.startswith(f"hyenadna {argv[0]}: error: {message}"), (argv, err)
     assert not any((tmp_path / name).exists() for name in ("e.npy", "s.tsv", "o.tsv", "o.skipped.tsv"))
+
+
+def test_version_comes_from_the_package_metadata(capsys) -> None:
+    import importlib.metadata
+
+    import hyenadna
+
+    assert hyenadna.__version__ == importlib.metadata.version("hyenadna")
+    # pyproject.toml is the one place the version is written; the installed metadata is its copy
+    declared = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    assert hyenadna.__version__ == declared
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hyenadna {declared}"
+    run = subprocess.run([sys.executable, "-m", "hyenadna.cli", "--version"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == f"hyenadna {declared}"
