@@ -20,6 +20,11 @@ names alone):
   soft prompt are kept as extras), or a **single weights file** of any layout above (its config
   comes from a ``config.json`` beside it, else from the tensor shapes, l_max from the stored z).
 
+A name that is no local file or folder is looked up on the Hugging Face Hub (`resolve_checkpoint`):
+``owner/name`` as it is, a released short name (``hyenadna-tiny-1k-seqlen``, `RELEASED_MODELS`) as
+its LongSafari ``-hf`` repository. Only the files read here are fetched, into the shared Hugging
+Face cache; ``HF_HUB_OFFLINE=1`` reads that cache and never the network.
+
 Every key and shape is accounted for: a mismatch raises one error listing the missing,
 unexpected and wrongly-shaped keys. Stored ``z``/``t``/``deltas`` are compared with the ones
 the config implies (a difference means the config is wrong) and then dropped.
@@ -65,6 +70,25 @@ TOKENIZER_NAME = "tokenizer.json"
 EXTRA_PREFIX = "extra."  # tensors outside the model (e.g. a soft prompt) kept by `convert`
 
 Task = Literal["auto", "causal_lm", "classification"]
+
+# --------------------------------------------------------------------------------------------
+# Released weights on the Hugging Face Hub
+# --------------------------------------------------------------------------------------------
+
+# Short names of the released models -> their -hf repositories (safetensors, no optimizer state
+# and no pickle, unlike the original repos' weights.ckpt, which load by their full id).
+RELEASED_MODELS: dict[str, str] = {
+    name: f"LongSafari/{name}-hf" for name in (
+        "hyenadna-tiny-1k-seqlen", "hyenadna-tiny-1k-seqlen-d256", "hyenadna-tiny-16k-seqlen-d128",
+        "hyenadna-small-32k-seqlen", "hyenadna-medium-160k-seqlen", "hyenadna-medium-450k-seqlen",
+        "hyenadna-large-1m-seqlen")
+}
+# What `read_checkpoint` reads from a repository; pytorch_model.bin only where none of these is.
+HUB_FILES = ("*.json", "model.safetensors", "weights.ckpt")
+_HUB_FALLBACK_FILES = ("pytorch_model.bin",)
+# owner/name as the Hub spells repository ids; a name ending in a weights suffix is a local path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+_LOCAL_SUFFIXES = (".ckpt", ".safetensors", ".bin", ".pt", ".pth", ".json")
 
 # --------------------------------------------------------------------------------------------
 # Key table of the official checkpoints
@@ -382,14 +406,77 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
 
 
-def read_checkpoint(path: str | Path, config: HyenaConfig | None = None) -> Checkpoint:
-    """Read any supported layout (see the module docstring) without building a model."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        return _read_dir(path, config)
-    return _read_file(path, config, path.parent / CONFIG_NAME)
+def hub_repo_id(name: str) -> str | None:
+    """The Hub repository `name` stands for: a released short name's, ``owner/name`` itself, else None."""
+    if name in RELEASED_MODELS:
+        return RELEASED_MODELS[name]
+    if _HUB_ID.fullmatch(name) and not name.endswith(_LOCAL_SUFFIXES) and ".." not in name:
+        return name
+    return None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    # read now, not at import: HF_HUB_OFFLINE set by the caller after huggingface_hub was imported counts too
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def resolve_checkpoint(path: str | Path, revision: str | None = None) -> Path:
+    """The local file or folder `path` names: itself if it exists, else a Hub snapshot in the HF cache.
+
+    A Hub id (``owner/name``) or released short name (`RELEASED_MODELS`) is fetched with
+    `huggingface_hub.snapshot_download` at `revision` (branch, tag or commit; default main),
+    only `HUB_FILES`; offline (``HF_HUB_OFFLINE=1``, or no network) the cached snapshot is used,
+    and a missing one is a one-line FileNotFoundError saying how to fetch it.
+    """
+    p = Path(path)
+    if p.exists():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} is for a Hugging Face Hub id, but {path} is a local "
+                             "file or folder")
+        return p
+    repo_id = hub_repo_id(str(path))
+    if repo_id is None:
+        raise FileNotFoundError(f"checkpoint not found: {path} (no such file or folder, and not a Hugging Face "
+                                f"Hub id owner/name or a released name such as {next(iter(RELEASED_MODELS))})")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    rev = revision or "main"
+    offline = _hub_offline()
+    try:
+        folder = Path(snapshot_download(repo_id, revision=rev, allow_patterns=list(HUB_FILES),
+                                        local_files_only=offline))
+        if not any((folder / n).is_file() for n in (WEIGHTS_NAME, "weights.ckpt")):
+            folder = Path(snapshot_download(repo_id, revision=rev, allow_patterns=list(_HUB_FALLBACK_FILES),
+                                            local_files_only=offline))
+    except RevisionNotFoundError:
+        raise ValueError(f"{path}: the Hugging Face Hub repository {repo_id} has no revision {rev!r}") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path} is no local file or folder and the Hugging Face "
+                                f"Hub has no (public) model {repo_id}") from None
+    except LocalEntryNotFoundError:
+        fetch = f"hf download {repo_id}" + (f" --revision {rev}" if revision else "")
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
+        raise FileNotFoundError(f"{path}: {repo_id} (revision {rev}) is not in the Hugging Face cache and {why}; "
+                                f"fetch it where there is network with `{fetch}` (same HF_HUB_CACHE), "
+                                "or pass a local folder") from None
+    return folder
+
+
+def read_checkpoint(path: str | Path, config: HyenaConfig | None = None, revision: str | None = None) -> Checkpoint:
+    """Read any supported layout (see the module docstring) without building a model.
+
+    `path` is a local file or folder, else a Hugging Face Hub id or released name fetched at
+    `revision` (`resolve_checkpoint`).
+    """
+    local = resolve_checkpoint(path, revision)
+    ckpt = _read_dir(local, config) if local.is_dir() else _read_file(local, config, local.parent / CONFIG_NAME)
+    if local != Path(path):
+        ckpt.notes.insert(0, f"{path}: Hugging Face Hub {hub_repo_id(str(path))} at revision "
+                             f"{revision or 'main'}, cached in {local}")
+    return ckpt
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -844,15 +931,18 @@ def build_model(ckpt: Checkpoint, task: Task = "auto", num_labels: int | None = 
 def load_pretrained(path: str | Path, task: Task = "auto", *, num_labels: int | None = None,
                     pooling: str | None = None, problem_type: str | None = None,
                     config: HyenaConfig | None = None, config_overrides: dict[str, Any] | None = None,
-                    check_buffers: Literal["error", "warn"] = "error") -> PretrainedMixin:
+                    check_buffers: Literal["error", "warn"] = "error",
+                    revision: str | None = None) -> PretrainedMixin:
     """Load a HyenaDNA model from a release directory, our format, a Lightning .ckpt or one file.
 
+    `path` may also be a Hugging Face Hub id (``LongSafari/hyenadna-small-32k-seqlen-hf``) or a
+    released name (``hyenadna-tiny-1k-seqlen``), fetched at `revision` (`resolve_checkpoint`).
     The model is built with the checkpoint's own l_max and returned in eval mode on CPU.
     ``task="classification"`` with ``num_labels`` puts a fresh classifier on a pretrained
     backbone; ``config_overrides`` may change non-architectural fields (e.g. ``shift``,
     dropouts, ``gradient_checkpointing``, ``use_fast_path``), never shapes or l_max.
     """
-    ckpt = read_checkpoint(path, config=config)
+    ckpt = read_checkpoint(path, config=config, revision=revision)
     if config_overrides:
         fixed = sorted(set(config_overrides) & _ARCH_FIELDS)
         if fixed:
@@ -969,9 +1059,9 @@ def save_pretrained(model: PretrainedMixin, directory: str | Path, tokenizer: Ch
 
 
 def convert(src: str | Path, dst: str | Path, config: HyenaConfig | None = None,
-            check_buffers: Literal["error", "warn"] = "error") -> Checkpoint:
-    """Convert a release / Lightning checkpoint into our format at `dst`; returns what was read."""
-    ckpt = read_checkpoint(src, config=config)
+            check_buffers: Literal["error", "warn"] = "error", revision: str | None = None) -> Checkpoint:
+    """Convert a release / Lightning checkpoint (local or on the Hub) into our format at `dst`."""
+    ckpt = read_checkpoint(src, config=config, revision=revision)
     model = build_model(ckpt, check_buffers=check_buffers)
     save_pretrained(model, dst, tokenizer=ckpt.tokenizer, extras=ckpt.extras)
     return ckpt

@@ -6,10 +6,11 @@
     hyenadna vep      MODEL --vcf v.vcf --fasta ref.fa -o vep.tsv
     hyenadna generate MODEL --prompt ACGT --max-new-tokens 200 --seed 0
 
-MODEL is anything `hyenadna.load_pretrained` reads. Errors (in the input, of the file system
-such as a full disk, or a run that produced nothing, such as a vep that scored no variant) are
-printed as one line naming the file, record or flag, with exit status 1; a flag value argparse
-rejects exits with status 2. No command writes onto one of its inputs, and every output file is
+MODEL is anything `hyenadna.load_pretrained` reads, a Hugging Face Hub id or released name
+included (``hyenadna score hyenadna-tiny-1k-seqlen seqs.fa``; ``--revision`` pins a commit).
+Errors (in the input, of the file system such as a full disk, or a run that produced nothing,
+such as a vep that scored no variant) are printed as one line naming the file, record or flag,
+with exit status 1; a flag value argparse rejects exits with status 2. No command writes onto one of its inputs, and every output file is
 written under a temporary name and renamed into place at the end, so a failure leaves the
 previous file (or none) as it was.
 """
@@ -56,6 +57,7 @@ from hyenadna.version import __version__
 
 SHIFT_HELP = ("override the filter modulation shift: 0.05 (default for releases, as in the official "
               "inference ports) or 0.0 (the official training code)")
+REVISION_HELP = "branch, tag or commit of a Hugging Face Hub MODEL (default main)"
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -115,8 +117,8 @@ def _device(name: str) -> torch.device:
         raise ValueError(f"--device {name}: not a device; use cpu, cuda, cuda:N or auto") from None
 
 
-def _read(path: str, shift: float | None) -> Checkpoint:
-    ckpt = read_checkpoint(path)
+def _read(path: str, shift: float | None, revision: str | None = None) -> Checkpoint:
+    ckpt = read_checkpoint(path, revision=revision)
     if shift is not None:
         ckpt.config = dataclasses.replace(ckpt.config, shift=shift)
     return ckpt
@@ -140,14 +142,16 @@ def _load(args: argparse.Namespace, outputs: dict[str, str | Path], inputs: dict
           task: str = "auto"):  # type: ignore[no-untyped-def]
     """Read and build the model, after refusing outputs that are one of the inputs or a file of the model."""
     check_outputs_are_not_inputs(outputs, {"MODEL": args.model, **inputs})
-    ckpt = _read(args.model, args.shift)
+    ckpt = _read(args.model, args.shift, args.revision)
     check_outputs_are_not_inputs(outputs, _model_files("MODEL", ckpt))
     model = build_model(ckpt, task=task, check_buffers=args.check_buffers).to(_device(args.device))
     return model, ckpt.tokenizer or CharTokenizer()
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint: release dir, -hf dir, our dir, Lightning .ckpt or weights file")
+    p.add_argument("model", help="checkpoint: release dir, -hf dir, our dir, Lightning .ckpt or weights file, "
+                                 "or a Hugging Face Hub id / released name (hyenadna-tiny-1k-seqlen)")
+    p.add_argument("--revision", help=REVISION_HELP)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision of the forward pass (default fp32)")
@@ -181,7 +185,7 @@ def _inputs(args: argparse.Namespace) -> dict[str, str | None]:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     check_outputs_are_not_inputs({"DST": args.dst}, {"SRC": args.src})
-    ckpt = _read(args.src, args.shift)
+    ckpt = _read(args.src, args.shift, args.revision)
     read_from = {"SRC": args.src, **_model_files("SRC", ckpt)}
     check_outputs_are_not_inputs({"DST": args.dst}, read_from)
     dst = Path(args.dst).resolve()
@@ -285,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a release / Lightning checkpoint into our format")
-    p.add_argument("src", help="original or -hf release dir, Lightning .ckpt, or weights file")
+    p.add_argument("src", help="original or -hf release dir, Lightning .ckpt, weights file, or Hub id / released name")
     p.add_argument("dst", help="output directory (config.json + model.safetensors + tokenizer.json)")
+    p.add_argument("--revision", help=REVISION_HELP)
     p.add_argument("--check-buffers", choices=["error", "warn"], default="error")
     p.add_argument("--shift", type=float, help=SHIFT_HELP)
     p.set_defaults(func=cmd_convert)

@@ -40,7 +40,7 @@ from hyenadna.tokenizer import CharTokenizer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG_DIR = REPO_ROOT / "configs" / "train"  # the quick pretraining composes train.yaml
 TOP_LEVEL_KEYS = frozenset({"task", "method", "model", "trainer", "logger", "optimizer", "scheduler", "pretrained",
-                            "pretrain_overrides", "early_stopping_patience", "monitor", "monitor_mode", "icl_shots", "seed",
+                            "pretrained_revision", "pretrain_overrides", "early_stopping_patience", "monitor", "monitor_mode", "icl_shots", "seed",
                             "output_dir", "experiment_name", "torch_threads", "compile",
                             "cpu_huge_pages", "cpu_keep_freed_memory", "cpu_reuse_buffers"})
 
@@ -108,9 +108,11 @@ def load_language_model(cfg: DictConfig, out: Path) -> tuple[HyenaDNAForCausalLM
     if source is None:
         source = quick_pretrain([*inherited_overrides(cfg), *(cfg.pretrain_overrides or [])], out / "pretrain")
     path = resolve_path(str(source))
-    if not Path(path).exists():
-        raise FileNotFoundError(f"pretrained={source}: no such checkpoint file or folder")
-    lm = load_pretrained(path, task="causal_lm")
+    revision = cfg.get("pretrained_revision")
+    try:  # a local file or folder, else a Hugging Face Hub id or released name (load_pretrained)
+        lm = load_pretrained(path, task="causal_lm", revision=None if revision is None else str(revision))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"pretrained={source}: {err}") from None
     if lm.config.vocab_size < CharTokenizer.vocab_size:
         raise ValueError(f"pretrained={source}: the model's vocabulary has {lm.config.vocab_size} tokens, "
                          f"fewer than the tokenizer's {CharTokenizer.vocab_size}")

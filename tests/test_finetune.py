@@ -153,7 +153,7 @@ def test_bad_setups_fail_before_training(tmp_path: Path, smoke_checkpoint: str, 
         fit(finetune_cfg(*base, "task.label_columns=label"))
     with pytest.raises(ValueError, match="1-shot prompt of 2 classes x 60 bases is 187 tokens"):
         fit(finetune_cfg(*base, "icl_shots=[1]"))
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+    with pytest.raises(FileNotFoundError, match="pretrained=.*missing.ckpt: checkpoint not found"):
         fit(finetune_cfg(*base, f"pretrained={tmp_path / 'missing.ckpt'}"))
     with pytest.raises(ValueError, match="unknown top-level config key"):
         fit(finetune_cfg(*base, "+lr=3"))
