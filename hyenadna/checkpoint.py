@@ -11,8 +11,14 @@ names alone):
 * **-hf release**: ``config.json`` (``max_seq_len``, ``activation_freq``, ...) + ``model.safetensors``
   or ``pytorch_model.bin``; keys ``hyena.backbone.*``, a separate ``lm_head.weight``, only
   ``implicit_filter.1.freq``.
-* **ours**: ``config.json`` (``"format": "hyenadna"``) + ``model.safetensors`` + ``tokenizer.json``,
-  written by `save_pretrained`; no recomputable buffers, each shared tensor stored once.
+* **ours**: ``config.json`` + ``model.safetensors`` + ``tokenizer.json`` + ``tokenizer_config.json``,
+  written by `save_pretrained` in the Hugging Face formats their names promise: config.json is a
+  flat ``PretrainedConfig`` dict (``model_type`` "hyenadna", ``architectures``, our `HyenaConfig`
+  fields, ``"format": "hyenadna"``, ``format_version`` 2; a classifier adds ``num_labels``,
+  ``pooling`` and the transformers ``problem_type``), the tokenizer files load in the
+  ``tokenizers`` library and ``transformers.AutoTokenizer`` with our ids. No recomputable buffers,
+  each shared tensor stored once. Format 1 (the config nested under ``config``, tokenizer.json
+  holding only `CharTokenizer` settings) is still read.
 * an official **finetuned** ``.ckpt``: its ``decoder.0.output_transform`` becomes our classifier
   head (mean pooling, the official default decoder mode, unless ``pooling=`` says otherwise).
 * a **Lightning checkpoint** of our ``train.py`` / ``finetune.py`` (keys ``model.*``; the config is
@@ -63,10 +69,12 @@ from hyenadna.config import HyenaConfig
 from hyenadna.tokenizer import CharTokenizer
 
 FORMAT_NAME = "hyenadna"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: config nested under "config", tokenizer.json = CharTokenizer settings
+MODEL_TYPE = "hyenadna"  # transformers' model_type (the LongSafari -hf configs use it too)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 EXTRA_PREFIX = "extra."  # tensors outside the model (e.g. a soft prompt) kept by `convert`
 
 Task = Literal["auto", "causal_lm", "classification"]
@@ -249,8 +257,57 @@ def config_to_hf(config: HyenaConfig) -> dict[str, Any]:
 _JSON_FIELD_NAMES: dict[str, dict[str, str]] = {
     "original": {ours: f"layer.{theirs}" for theirs, ours in _ORIGINAL_LAYER_RENAMES.items()},
     "hf": {ours: theirs for theirs, ours in _HF_FIELDS.items()},
-    "ours": {f.name: f"config.{f.name}" for f in fields(HyenaConfig)},
+    "ours": {f.name: f.name for f in fields(HyenaConfig)},
 }
+
+# Our problem types under transformers' names (PretrainedConfig.problem_type).
+_HF_PROBLEM_TYPES = {"single_label": "single_label_classification",
+                     "multi_label": "multi_label_classification", "regression": "regression"}
+_HEAD_FIELDS = {"num_labels", "pooling", "problem_type", "id2label", "label2id"}
+_FORMAT_FIELDS = {"format", "format_version", "model_type", "architectures", "tie_word_embeddings"}
+# What transformers adds when it writes a config.json itself (PretrainedConfig.save_pretrained).
+_TRANSFORMERS_FIELDS = {"transformers_version", "dtype", "torch_dtype", "_name_or_path", "return_dict",
+                        "output_hidden_states", "output_attentions", "use_cache", "bos_token_id",
+                        "eos_token_id", "sep_token_id", "chunk_size_feed_forward", "is_encoder_decoder"}
+
+
+def config_to_json(config: HyenaConfig, architecture: str, head: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Our config.json: a flat PretrainedConfig dict (see the module docstring); `head` for a classifier."""
+    out: dict[str, Any] = {"model_type": MODEL_TYPE, "architectures": [architecture], "format": FORMAT_NAME,
+                           "format_version": FORMAT_VERSION, **config.to_dict(),
+                           "tie_word_embeddings": head is None}  # the LM head is the embedding
+    if head is not None:
+        out.update(num_labels=head["num_labels"], pooling=head["pooling"],
+                   problem_type=_HF_PROBLEM_TYPES[head["problem_type"]])
+    return out
+
+
+def config_from_json(d: dict[str, Any], where: str = "config.json") -> tuple[HyenaConfig, dict[str, Any] | None]:
+    """(config, classifier head or None) of our config.json, format 2 or 1."""
+    if d.get("format") != FORMAT_NAME:
+        raise ValueError(f"{where}: not a hyenadna config.json (no \"format\": \"hyenadna\")")
+    version = d.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"{where}: format_version {version!r} is not one this package reads (1..{FORMAT_VERSION})")
+    if version == 1:
+        return _make_config(d.get("config", {}), where), d.get("head")
+    names = {f.name for f in fields(HyenaConfig)}
+    known = names | _HEAD_FIELDS | _FORMAT_FIELDS
+    if "transformers_version" in d:  # written by transformers, which adds its bookkeeping
+        known |= _TRANSFORMERS_FIELDS
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} in a hyenadna config; known: {sorted(known)}")
+    config = _make_config({k: v for k, v in d.items() if k in names}, where)
+    head = None
+    if "pooling" in d:
+        n = d.get("num_labels", len(d.get("id2label") or {}))
+        problem = {v: k for k, v in _HF_PROBLEM_TYPES.items()}.get(d.get("problem_type"), d.get("problem_type"))
+        if problem not in _HF_PROBLEM_TYPES:
+            raise ValueError(f"{where}: problem_type {d.get('problem_type')!r} is not one of "
+                             f"{sorted(_HF_PROBLEM_TYPES.values())}")
+        head = {"num_labels": n, "pooling": d["pooling"], "problem_type": problem}
+    return config, head
 
 
 def _make_config(d: dict[str, Any], where: str) -> HyenaConfig:
@@ -441,7 +498,7 @@ def resolve_checkpoint(path: str | Path, revision: str | None = None) -> Path:
         raise FileNotFoundError(f"checkpoint not found: {path} (no such file or folder, and not a Hugging Face "
                                 f"Hub id owner/name or a released name such as {next(iter(RELEASED_MODELS))})")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     rev = revision or "main"
     offline = _hub_offline()
@@ -504,7 +561,7 @@ def _config_from_json(d: dict[str, Any], where: str) -> tuple[HyenaConfig, str]:
     """(config, layout) for a config.json of any of the three kinds."""
     layout = _json_layout(d)
     if layout == "ours":
-        return _make_config(d.get("config", {}), where), layout
+        return config_from_json(d, where)[0], layout
     if layout == "original":
         return config_from_original(d, where), layout
     if layout == "hf":
@@ -668,12 +725,13 @@ def _read_ours(path: Path, tensors: dict[str, Tensor], meta: dict[str, str],
         raise ValueError(f"{path}: damaged hyenadna metadata in the safetensors header ({err})") from None
     if version > FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {version} is newer than this package reads ({FORMAT_VERSION})")
+    stored_config, stored_head = config_from_json(d, f"{path} metadata")
     extras = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     sd = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
     if config is not None:
         _check_config(config, sd, "the config= argument", path)
     else:
-        config = _make_config(d["config"], f"{path} metadata")
+        config = stored_config
         _check_config(config, sd, f"{path} metadata", path, _JSON_FIELD_NAMES["ours"])
         beside = _config_beside(cfg_path, needed=False)
         if beside is not None:
@@ -685,9 +743,26 @@ def _read_ours(path: Path, tensors: dict[str, Tensor], meta: dict[str, str],
             if problems:
                 raise ValueError(f"{cfg_path} disagrees with {path}: "
                                  + "; ".join(problems[k] for k in sorted(problems)))
-    tok_path = path.parent / TOKENIZER_NAME
-    tokenizer = CharTokenizer.from_dict(_read_json(tok_path)) if tok_path.is_file() else None
-    return Checkpoint(config, sd, "ours", path, head=d.get("head"), tokenizer=tokenizer, extras=extras)
+    return Checkpoint(config, sd, "ours", path, head=stored_head, tokenizer=read_tokenizer(path.parent),
+                      extras=extras)
+
+
+def read_tokenizer(folder: Path) -> CharTokenizer | None:
+    """The CharTokenizer saved in `folder` (tokenizer_config.json, or a format-1 tokenizer.json); None if none."""
+    cfg_path = folder / TOKENIZER_CONFIG_NAME
+    if cfg_path.is_file():
+        tok = CharTokenizer.from_hf_config(_read_json(cfg_path))
+        if tok is not None:
+            return tok
+    tok_path = folder / TOKENIZER_NAME
+    if tok_path.is_file():
+        d = _read_json(tok_path)
+        if "model" not in d:  # format 1: only the CharTokenizer settings
+            try:
+                return CharTokenizer.from_dict(d)
+            except ValueError as err:
+                raise ValueError(f"{tok_path}: {err}") from None
+    return None
 
 
 _HYDRA_META = {"_target_", "_partial_", "_recursive_", "_convert_"}
@@ -971,7 +1046,7 @@ class PretrainedMixin:
             _HEADS[task] = cls
 
     def save_pretrained(self, directory: str | Path, tokenizer: CharTokenizer | None = None) -> Path:
-        """Write config.json + model.safetensors + tokenizer.json to `directory` (`save_pretrained`)."""
+        """Write config.json + model.safetensors + the tokenizer files to `directory` (`save_pretrained`)."""
         return save_pretrained(self, directory, tokenizer=tokenizer)
 
     @classmethod
@@ -1008,7 +1083,7 @@ def _fsync_write(path: Path, data: bytes) -> None:
 
 def save_pretrained(model: PretrainedMixin, directory: str | Path, tokenizer: CharTokenizer | None = None,
                     extras: dict[str, Tensor] | None = None) -> Path:
-    """Write `model` as config.json + model.safetensors + tokenizer.json into `directory`.
+    """Write `model` as config.json + model.safetensors + tokenizer(_config).json into `directory`.
 
     Atomic: the files are written to a temporary sibling directory and renamed into place, so
     a failure never leaves a half-written or corrupted checkpoint. An existing `directory` is
@@ -1026,11 +1101,10 @@ def save_pretrained(model: PretrainedMixin, directory: str | Path, tokenizer: Ch
         ours = (directory / CONFIG_NAME).is_file() and _read_json(directory / CONFIG_NAME).get("format") == FORMAT_NAME
         if any(directory.iterdir()) and not ours:
             raise FileExistsError(f"{directory} exists and is not a hyenadna checkpoint; refusing to replace it")
-    meta: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                            "architecture": type(model).__name__, "config": model.config.to_dict()}
+    head = None
     if model.task == "classification":
-        meta["head"] = {"num_labels": model.num_labels, "pooling": model.pooling,
-                        "problem_type": model.problem_type}
+        head = {"num_labels": model.num_labels, "pooling": model.pooling, "problem_type": model.problem_type}
+    meta = config_to_json(model.config, type(model).__name__, head)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}
     for name, t in (extras or {}).items():
         tensors[EXTRA_PREFIX + name] = t.detach().cpu().contiguous()
@@ -1043,7 +1117,8 @@ def save_pretrained(model: PretrainedMixin, directory: str | Path, tokenizer: Ch
         _fsync_write(tmp / WEIGHTS_NAME, blob)
         _fsync_write(tmp / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
         tok = tokenizer if tokenizer is not None else CharTokenizer()
-        _fsync_write(tmp / TOKENIZER_NAME, (json.dumps(tok.to_dict(), indent=2) + "\n").encode())
+        for name, text in tok.to_hf_files(model_max_length=model.config.l_max).items():
+            _fsync_write(tmp / name, text.encode())
         if directory.exists():
             old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(directory, old)

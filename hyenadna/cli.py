@@ -29,6 +29,7 @@ import torch
 
 from hyenadna.checkpoint import (
     CONFIG_NAME,
+    TOKENIZER_CONFIG_NAME,
     TOKENIZER_NAME,
     Checkpoint,
     UnsafeCheckpointError,
@@ -126,7 +127,8 @@ def _read(path: str, shift: float | None, revision: str | None = None) -> Checkp
 
 def _model_files(flag: str, ckpt: Checkpoint) -> dict[str, Path]:
     """The files a checkpoint was read from: weights, and the config / tokenizer beside them."""
-    beside = {f"{flag}'s {name}": ckpt.source.parent / name for name in (CONFIG_NAME, TOKENIZER_NAME)}
+    beside = {f"{flag}'s {name}": ckpt.source.parent / name for name in (CONFIG_NAME, TOKENIZER_NAME,
+                                                                            TOKENIZER_CONFIG_NAME)}
     return {f"{flag}'s weights": ckpt.source, **{k: v for k, v in beside.items() if v.is_file()}}
 
 
@@ -290,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a release / Lightning checkpoint into our format")
     p.add_argument("src", help="original or -hf release dir, Lightning .ckpt, weights file, or Hub id / released name")
-    p.add_argument("dst", help="output directory (config.json + model.safetensors + tokenizer.json)")
+    p.add_argument("dst", help="output directory (config.json, model.safetensors, tokenizer.json, tokenizer_config.json)")
     p.add_argument("--revision", help=REVISION_HELP)
     p.add_argument("--check-buffers", choices=["error", "warn"], default="error")
     p.add_argument("--shift", type=float, help=SHIFT_HELP)

@@ -62,6 +62,9 @@ _BAD_LOWERCASE = -2
 _BAD_IUPAC = -3
 _BAD_RNA = -4
 
+# tokenizer_config.json key holding `CharTokenizer.to_dict` (transformers keeps unknown keys as is).
+HF_SETTINGS_KEY = "hyenadna_char_tokenizer"
+
 # Size of the id lookup tables: the model's padded embedding (12 -> multiple of 8).
 _ID_TABLE_SIZE = 16
 
@@ -383,6 +386,47 @@ class CharTokenizer:
         return out, attention_mask
 
     # ------------------------------------------------------------- serialisation
+    def to_hf_tokenizer(self) -> Any:
+        """This tokenizer as a `tokenizers.Tokenizer` (what tokenizer.json holds): the same ids.
+
+        Character-level WordLevel over our vocabulary; a normalizer rewrites each character our
+        lookup table maps to another token (lowercase, IUPAC codes, U) per this tokenizer's
+        settings. What we refuse (digits, '>', ...; 'error' settings) becomes [UNK] there, as the
+        library cannot raise; and the special-token names in text ('[CLS]') are parsed as such.
+        """
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel(dict(self.token_to_id), unk_token="[UNK]"))
+        rewrites = [normalizers.Replace(chr(code), self.id_to_token[int(i)]) for code, i in enumerate(self._lut[:128])
+                    if i >= self.num_special_tokens and chr(code) != self.id_to_token[int(i)]]
+        tok.normalizer = normalizers.Sequence(rewrites)
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
+        tok.decoder = decoders.Fuse()
+        tok.add_special_tokens([AddedToken(t, special=True) for t in self.id_to_token[: self.num_special_tokens]])
+        return tok
+
+    def to_hf_files(self, model_max_length: int) -> dict[str, str]:
+        """tokenizer.json and tokenizer_config.json for ``transformers.AutoTokenizer`` (a fast tokenizer).
+
+        tokenizer_config.json also keeps this tokenizer's settings (`to_dict`) under
+        ``hyenadna_char_tokenizer``, from which `from_hf_config` rebuilds it exactly.
+        """
+        import json
+
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+                  "padding_side": self.padding_side, "truncation_side": "left",
+                  "bos_token": "[BOS]", "eos_token": "[SEP]", "sep_token": "[SEP]", "cls_token": "[CLS]",
+                  "pad_token": "[PAD]", "mask_token": "[MASK]", "unk_token": "[UNK]",
+                  "clean_up_tokenization_spaces": False, HF_SETTINGS_KEY: self.to_dict()}
+        return {"tokenizer.json": self.to_hf_tokenizer().to_str(pretty=True) + "\n",
+                "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}
+
+    @classmethod
+    def from_hf_config(cls, tokenizer_config: dict[str, Any]) -> CharTokenizer | None:
+        """The tokenizer a tokenizer_config.json written by `to_hf_files` describes; None for another's."""
+        settings = tokenizer_config.get(HF_SETTINGS_KEY)
+        return None if settings is None else cls.from_dict(settings)
+
     def to_dict(self) -> dict[str, str]:
         """Settings needed to rebuild this tokenizer (for save_pretrained)."""
         return {

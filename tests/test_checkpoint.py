@@ -205,11 +205,11 @@ DISAGREEMENTS = [
     ("hf", "hyena_order", 3, "but the weights say 2 (backbone.layers.0.mixer.in_proj.weight is (48, 16))"),
     ("hf", "num_inner_mlps", 1,
      "but the weights say 2 (backbone.layers.0.mixer.filter_fn.implicit_filter has 4 Linear layers)"),
-    ("ours", "config.d_model", 999, f"but the weights say 16 {_EMB}"),
-    ("ours", "config.n_layer", 3, "but the weights say 2 (layers 0..1 are stored)"),
-    ("ours", "config.filter_order", 12, f"but the weights say 8 {_F0}"),
-    ("ours", "config.l_max", 200, f"{_STORED} 66"),  # not in the weights: the stored config has it
-    ("ours", "config.shift", 0.0, f"{_STORED} 0.05"),
+    ("ours", "d_model", 999, f"but the weights say 16 {_EMB}"),
+    ("ours", "n_layer", 3, "but the weights say 2 (layers 0..1 are stored)"),
+    ("ours", "filter_order", 12, f"but the weights say 8 {_F0}"),
+    ("ours", "l_max", 200, f"{_STORED} 66"),  # not in the weights: the stored config has it
+    ("ours", "shift", 0.0, f"{_STORED} 0.05"),
     ("lightning", "vocab_size", 20, _VOCAB),
     ("lightning", "layer.filter_order", 12, f"but the weights say 8 {_F0}"),
 ]

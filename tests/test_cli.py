@@ -55,10 +55,11 @@ def test_convert_reports_the_layout(release, tmp_path, capsys) -> None:
     assert main(["convert", str(release[0]), str(tmp_path / "x")]) == 0
     out = capsys.readouterr().out
     assert "original layout" in out and "l_max=258" in out and "'.layer'" in out
-    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json",
+                                                                  "tokenizer_config.json"]
     assert main(["convert", str(release[0]), str(tmp_path / "y"), "--shift", "0.0"]) == 0
     assert "shift=0.0" in capsys.readouterr().out
-    assert json.loads((tmp_path / "y" / "config.json").read_text())["config"]["shift"] == 0.0
+    assert json.loads((tmp_path / "y" / "config.json").read_text())["shift"] == 0.0
 
 
 def test_embed_score_and_generate(release, converted, tmp_path, capsys) -> None:
