@@ -371,7 +371,7 @@ class Census:
         import json
 
         cfg = json.loads((folder / "config.json").read_text())
-        cfg["config"]["d_model"] = 999
+        cfg["d_model"] = 999  # our config.json is flat (format 2)
         (folder / "config.json").write_text(json.dumps(cfg))
         result = self.cli_case(["score", str(folder), str(self.work / "in.fa"), "--no-progress"], ("d_model",), [])
         return Outcome("refused", result.lost) if result.outcome == "named error" else result

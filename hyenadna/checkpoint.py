@@ -510,15 +510,16 @@ def resolve_checkpoint(path: str | Path, revision: str | None = None) -> Path:
                                             local_files_only=offline))
     except RevisionNotFoundError:
         raise ValueError(f"{path}: the Hugging Face Hub repository {repo_id} has no revision {rev!r}") from None
-    except RepositoryNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {path} is no local file or folder and the Hugging Face "
-                                f"Hub has no (public) model {repo_id}") from None
+    except RepositoryNotFoundError:  # also a gated or private repository without a token
+        raise FileNotFoundError(f"checkpoint not found: {path} is no local file or folder, and the Hugging Face "
+                                f"Hub has no public model {repo_id} (a private or gated one needs HF_TOKEN)") from None
     except LocalEntryNotFoundError:
         fetch = f"hf download {repo_id}" + (f" --revision {rev}" if revision else "")
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
-        raise FileNotFoundError(f"{path}: {repo_id} (revision {rev}) is not in the Hugging Face cache and {why}; "
-                                f"fetch it where there is network with `{fetch}` (same HF_HUB_CACHE), "
-                                "or pass a local folder") from None
+        raise FileNotFoundError(f"checkpoint not found: {path} is no local file or folder, and the Hugging Face "
+                                f"Hub model {repo_id} (revision {rev}) is not in the HF cache while {why}; fetch "
+                                f"it where there is network with `{fetch}` (same HF_HUB_CACHE), or pass a local "
+                                "folder") from None
     return folder
 
 

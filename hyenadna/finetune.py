@@ -100,6 +100,9 @@ def quick_pretrain(overrides: list[str], out: Path) -> str:
 def load_language_model(cfg: DictConfig, out: Path) -> tuple[HyenaDNAForCausalLM, str]:
     """The language model to adapt, and a description of where it came from."""
     source = cfg.pretrained
+    if cfg.get("pretrained_revision") is not None and source in (None, "scratch"):
+        raise ValueError(f"pretrained_revision={cfg.pretrained_revision} is for a Hugging Face Hub pretrained=, "
+                         f"but pretrained={source}")
     if source == "scratch":
         config = build(cfg.model, "model")
         if not isinstance(config, HyenaConfig):

@@ -43,6 +43,7 @@ keeps a batch's padding on its side.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -411,8 +412,6 @@ class CharTokenizer:
         tokenizer_config.json also keeps this tokenizer's settings (`to_dict`) under
         ``hyenadna_char_tokenizer``, from which `from_hf_config` rebuilds it exactly.
         """
-        import json
-
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
                   "padding_side": self.padding_side, "truncation_side": "left",
                   "bos_token": "[BOS]", "eos_token": "[SEP]", "sep_token": "[SEP]", "cls_token": "[CLS]",

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hyenadna import load_pretrained
-from hyenadna.checkpoint import model_state_dict, read_checkpoint, save_pretrained
+from hyenadna.checkpoint import config_to_hf, model_state_dict, read_checkpoint, save_pretrained
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM, HyenaDNAForSequenceClassification
 from hyenadna.tokenizer import CharTokenizer
 
@@ -174,6 +174,15 @@ def test_pretrained_config_and_auto_classes_read_our_folders(hf, tmp_path: Path)
     assert auto.config.num_labels == 3 and auto.model.pooling == "mean" and torch.equal(logits(auto), logits(clf))
     with pytest.raises(TypeError, match="cache_dir='x' is not supported"):
         hf.HyenaDNAForCausalLM.from_pretrained(str(tmp_path / "lm"), cache_dir="x")
+    # a new classifier from a language model's config; a LongSafari -hf config read as ours
+    fresh = transformers.AutoModelForSequenceClassification.from_config(
+        transformers.AutoConfig.from_pretrained(str(tmp_path / "lm"), num_labels=4))
+    assert (fresh.model.num_labels, fresh.model.pooling, fresh.model.problem_type) == (4, "last", "single_label")
+    (tmp_path / "lshf").mkdir()
+    (tmp_path / "lshf" / "config.json").write_text(json.dumps(
+        {**config_to_hf(CFG), "architectures": ["HyenaDNAForCausalLM"], "transformers_version": "4.35.0",
+         "auto_map": {"AutoConfig": "configuration_hyena.HyenaConfig"}}))
+    assert transformers.AutoConfig.from_pretrained(str(tmp_path / "lshf")).hyena_config() == CFG
 
 
 def test_causal_lm_loss_uses_shifted_labels_as_transformers_does(hf) -> None:

@@ -109,7 +109,8 @@ def test_offline_without_the_snapshot_says_what_to_fetch(cache: Path) -> None:
         load_pretrained("hyenadna-small-32k-seqlen")
     msg = str(err.value)
     assert "\n" not in msg
-    for part in ("LongSafari/hyenadna-small-32k-seqlen-hf", "revision main", "HF_HUB_OFFLINE",
+    for part in ("checkpoint not found: hyenadna-small-32k-seqlen is no local file or folder",
+                 "LongSafari/hyenadna-small-32k-seqlen-hf", "revision main", "HF_HUB_OFFLINE",
                  "`hf download LongSafari/hyenadna-small-32k-seqlen-hf`", "local folder"):
         assert part in msg, part
     add_snapshot(cache, TINY, MAIN, make_model(0), refs=("main",))
@@ -141,6 +142,9 @@ def test_finetune_pretrained_takes_a_released_name_and_a_revision(cache: Path, t
     assert torch.equal(logits(lm, IDS), logits(old, IDS))
     with pytest.raises(FileNotFoundError, match="pretrained=hyenadna-medium-160k-seqlen: .*HF_HUB_OFFLINE"):
         load_language_model(OmegaConf.create({"pretrained": "hyenadna-medium-160k-seqlen"}), tmp_path)
+    with pytest.raises(ValueError, match="pretrained_revision=v1 is for a Hugging Face Hub pretrained=, but "
+                                         "pretrained=scratch"):
+        load_language_model(OmegaConf.create({"pretrained": "scratch", "pretrained_revision": "v1"}), tmp_path)
 
 
 def test_cli_reads_the_cache_named_by_the_environment(cache: Path, tmp_path: Path) -> None:
