@@ -107,9 +107,19 @@ class _Wrapper(PreTrainedModel):
     task: str
     model: torch.nn.Module
 
+    supports_gradient_checkpointing = True
+
     def _init_weights(self, module: torch.nn.Module) -> None:
         # Our model initialises itself (the official GPT-2 style init); transformers must not redo it.
         pass
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """Recompute each block in backward (``HyenaConfig.gradient_checkpointing``; Trainer's flag)."""
+        self.model.config.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep the activations again."""
+        self.model.config.gradient_checkpointing = False
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> Any:

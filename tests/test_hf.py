@@ -194,6 +194,18 @@ def test_causal_lm_loss_uses_shifted_labels_as_transformers_does(hf) -> None:
     want = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
     torch.testing.assert_close(out.loss, want, rtol=1e-6, atol=1e-6)  # fp32 rounding of one mean
     assert not wrapped.training and torch.equal(logits(wrapped), logits(lm))
+    wrapped.gradient_checkpointing_enable()  # what TrainingArguments(gradient_checkpointing=True) calls
+    assert lm.config.gradient_checkpointing
+    wrapped.train()
+    torch.manual_seed(3)  # the same embedding dropout mask in both runs
+    wrapped(IDS, labels=IDS).loss.backward()  # recomputed blocks: same gradients as without
+    grads = [p.grad.clone() for p in lm.parameters()]
+    wrapped.zero_grad()
+    wrapped.gradient_checkpointing_disable()
+    torch.manual_seed(3)
+    wrapped(IDS, labels=IDS).loss.backward()
+    for g, p in zip(grads, lm.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)  # fp32 rounding of a recomputation
 
 
 @pytest.mark.parametrize("task", ["causal_lm", "classification"])
