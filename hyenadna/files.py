@@ -31,6 +31,16 @@ def temporary_sibling(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
 
 
+def make_temporary_folder(path: str | os.PathLike[str]) -> Path:
+    """A new hidden sibling folder of `path`, with the permissions of a plain ``mkdir`` (the umask).
+
+    `tempfile.mkdtemp` would make it ``drwx------``, which the final rename would keep.
+    """
+    tmp = temporary_sibling(path)
+    tmp.mkdir()
+    return tmp
+
+
 def fsync_folder(folder: Path) -> None:
     """Make a rename inside `folder` durable (a no-op where folders cannot be opened)."""
     try:

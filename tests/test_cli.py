@@ -61,6 +61,17 @@ def test_convert_reports_the_layout(release, tmp_path, capsys) -> None:
     assert json.loads((tmp_path / "y" / "config.json").read_text())["config"]["shift"] == 0.0
 
 
+def test_convert_makes_folders_with_the_users_umask(release, tmp_path) -> None:
+    """The model folder and its files get the permissions of a plain mkdir / open (not mkdtemp's 0o700)."""
+    old = os.umask(0o022)
+    try:
+        assert main(["convert", str(release[0]), str(tmp_path / "m")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()} == {0o644}
+
+
 def test_embed_score_and_generate(release, converted, tmp_path, capsys) -> None:
     rng = random.Random(0)
     recs = [(f"r{i}", "".join(rng.choice("ACGT") for _ in range(n))) for i, n in enumerate((50, 9, 120))]
