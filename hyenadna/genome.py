@@ -32,7 +32,7 @@ from typing import BinaryIO
 import pyfaidx
 from Bio import bgzf
 
-from hyenadna.files import atomic_write
+from hyenadna.files import atomic_write, read_bed_rows
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 # Spellings of the split column seen in the wild, mapped to the canonical names.
@@ -419,48 +419,25 @@ def canonical_split(name: str) -> str:
 
 
 def read_bed(path: str | Path) -> list[Interval]:
-    """Read a BED file with columns chrom, start, end, split (extra columns are ignored)."""
+    """Read a (gzipped) BED file with columns chrom, start, end, split (extra columns are ignored)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"BED file not found: {path}")
     intervals: list[Interval] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            where = f"{path}:{number}"
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) < 4:
-                cols = line.split()
-            if len(cols) < 4:
-                raise ValueError(
-                    f"{where}: expected 4 tab-separated columns (chrom, start, end, split), "
-                    f"got {len(cols)}: {line.strip()!r}"
-                )
-            chrom, start_text, end_text, split_text = cols[:4]
-            try:
-                start, end = int(start_text), int(end_text)
-            except ValueError:
-                raise ValueError(
-                    f"{where}: start and end must be integers, got {start_text!r} and {end_text!r}"
-                ) from None
-            if start < 0 or start >= end:
-                raise ValueError(
-                    f"{where}: need 0 <= start < end, got start={start} end={end}"
-                )
-            try:
-                split = canonical_split(split_text)
-            except ValueError as err:
-                raise ValueError(f"{where}: {err}") from None
-            intervals.append(Interval(chrom, start, end, split, source=where))
+    for row in read_bed_rows(path, 4, "4 tab-separated columns (chrom, start, end, split)"):
+        try:
+            split = canonical_split(row.columns[3])
+        except ValueError as err:
+            raise ValueError(f"{row.where}: {err}") from None
+        intervals.append(Interval(row.chrom, row.start, row.end, split, source=row.where))
     if not intervals:
         raise ValueError(f"BED file {path} has no intervals")
     return intervals
 
 
 def write_bed(path: str | Path, intervals: Iterable[Interval]) -> None:
-    """Write intervals as a 4-column BED (chrom, start, end, split)."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Write intervals as a 4-column BED (chrom, start, end, split), atomically."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
         for iv in intervals:
             f.write(f"{iv.chrom}\t{iv.start}\t{iv.end}\t{iv.split}\n")
 

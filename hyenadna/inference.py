@@ -32,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyenadna.files import atomic_outputs, atomic_write, naming_os_errors, open_text
+from hyenadna.files import (
+    atomic_outputs,
+    atomic_write,
+    naming_os_errors,
+    open_text,
+    read_bed_rows,
+    read_fasta,
+    table_delimiter,
+)
 from hyenadna.model import HyenaDNAForCausalLM, HyenaDNAForSequenceClassification, HyenaDNAModel
 from hyenadna.tokenizer import CharTokenizer
 
@@ -45,34 +53,18 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # --------------------------------------------------------------------------------------------
 
 
-def read_fasta(path: str | Path) -> Iterator[Record]:
-    """Stream (name, sequence) records of a (gzipped) FASTA file; lines are joined, case kept."""
-    path = Path(path)
-    name: str | None = None
-    chunks: list[str] = []
-    with open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line or line.startswith(";"):
-                continue
-            if line.startswith(">"):
-                if name is not None:
-                    yield name, "".join(chunks)
-                name, chunks = (line[1:].split() or [f"record{number}"])[0], []
-            elif name is None:
-                raise ValueError(f"{path}:{number}: sequence before the first '>' header; not a FASTA file?")
-            else:
-                chunks.append(line)
-    if name is not None:
-        yield name, "".join(chunks)
+def read_fasta_records(path: str | Path) -> Iterator[Record]:
+    """Stream (name, sequence) records of a plain, gzip or bgzip FASTA (`hyenadna.files.read_fasta`)."""
+    for name, seq, _ in read_fasta(path):
+        yield name, seq
 
 
 def read_csv_sequences(path: str | Path, seq_column: str = "sequence", id_column: str | None = None) -> Iterator[Record]:
-    """Stream records of a CSV/TSV (delimiter sniffed from the header) with a sequence column."""
+    """Stream records of a CSV/TSV (`hyenadna.files.table_delimiter`) with a sequence column."""
     path = Path(path)
     with open_text(path) as f:
         header = f.readline()
-        delimiter = "\t" if header.count("\t") > header.count(",") else ","
+        delimiter = table_delimiter(path, header)
         cols = next(csv.reader([header], delimiter=delimiter), [])
         if seq_column not in cols:
             raise ValueError(f"{path}: no column {seq_column!r} in the header {cols}")
@@ -93,31 +85,14 @@ def read_bed_sequences(bed: str | Path, fasta: str | Path) -> Iterator[Record]:
     """
     from hyenadna.genome import Genome
 
-    bed = Path(bed)
     genome = Genome(fasta)
-    with open_text(bed) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) < 3:
-                cols = line.split()
-            where = f"{bed}:{number}"
-            if len(cols) < 3:
-                raise ValueError(f"{where}: expected at least 3 columns (chrom, start, end), got {line.strip()!r}")
-            try:
-                start, end = int(cols[1]), int(cols[2])
-            except ValueError:
-                raise ValueError(f"{where}: start and end must be integers, got {cols[1]!r}, {cols[2]!r}") from None
-            if not 0 <= start < end:
-                raise ValueError(f"{where}: need 0 <= start < end, got {start}, {end}")
-            try:
-                seq = genome.fetch(cols[0], start, end, strand=cols[5] if len(cols) >= 6 else "+")
-            except ValueError as err:
-                raise ValueError(f"{where}: {err}") from None
-            yield (cols[3] if len(cols) >= 4 and cols[3] else f"{cols[0]}:{start}-{end}"), seq
-
-
+    for row in read_bed_rows(bed):
+        cols = row.columns
+        try:
+            seq = genome.fetch(row.chrom, row.start, row.end, strand=cols[5] if len(cols) >= 6 else "+")
+        except ValueError as err:
+            raise ValueError(f"{row.where}: {err}") from None
+        yield (cols[3] if len(cols) >= 4 and cols[3] else f"{row.chrom}:{row.start}-{row.end}"), seq
 
 
 def guess_format(path: str | Path) -> str | None:
@@ -138,7 +113,7 @@ def open_records(path: str | Path, fmt: str | None = None, *, fasta: str | Path 
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     if fmt == "fasta":
-        return lambda: read_fasta(path)
+        return lambda: read_fasta_records(path)
     if fmt == "csv":
         return lambda: read_csv_sequences(path, seq_column, id_column)
     if fmt == "bed":
