@@ -44,6 +44,7 @@ from hyenadna.inference import (
     generate,
     guess_format,
     open_records,
+    parse_region,
     score_sequences,
     variant_effects,
     vep_skipped_path,
@@ -238,15 +239,22 @@ def cmd_vep(args: argparse.Namespace) -> None:
     outputs = {"-o": args.output, "the skipped-records file of -o": vep_skipped_path(args.output)}
     for flag, path in outputs.items():
         _check_output_file(flag, path)
+    if args.region is not None:
+        try:
+            parse_region(args.region)
+        except ValueError as err:
+            raise ValueError(f"--{err}") from None
     model, tok = _load(args, outputs, {"--vcf": args.vcf, "--fasta": args.fasta}, task="causal_lm")
     l_max = model.config.l_max
     if not 2 <= args.window <= l_max:
         raise ValueError(f"--window must be in [2, {l_max}] (the model's l_max), got {args.window}")
     res = variant_effects(model, tok, args.vcf, args.fasta, window=args.window, reverse_complement=args.rc,
-                          batch_size=args.batch_size, precision=args.precision, progress=not args.no_progress)
+                          batch_size=args.batch_size, precision=args.precision, progress=not args.no_progress,
+                          region=args.region, pass_only=args.pass_only)
     n = len(res.scores) + len(res.skipped)
     if n == 0:
-        raise ValueError(f"--vcf {args.vcf} has no variant records; nothing written")
+        where = f" in --region {args.region}" if args.region else ""
+        raise ValueError(f"--vcf {args.vcf} has no variant records{where}; nothing written")
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(res.skip_counts().items()))
     if not res.scores:
         # No scores: no score TSV, but the reason of each record, so the user can see what went wrong.
@@ -308,12 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("vep", help="variant effect (LLR alt vs ref) of VCF SNVs")
     _add_model_args(p)
-    p.add_argument("--vcf", required=True, help="VCF (plain or gzipped)")
+    p.add_argument("--vcf", required=True, help="VCF (plain or gzipped), read by htslib (pysam)")
     p.add_argument("--fasta", required=True, help="reference FASTA the VCF refers to")
     p.add_argument("-o", "--output", required=True,
                    help="output TSV; skipped records go to <stem>.skipped.tsv (only that one when none is scored)")
     p.add_argument("--window", type=int, default=1024, help="bases around each variant (default 1024, <= l_max)")
     p.add_argument("--rc", action="store_true", help="average the LLR with the reverse-complement strand")
+    p.add_argument("--region", help="only CHROM[:START[-END]] (1-based, inclusive) of a bgzipped, tabix-indexed VCF")
+    p.add_argument("--pass-only", action="store_true",
+                   help="score only records whose FILTER is PASS (the others are reported as skipped)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=16)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_vep)

@@ -18,10 +18,12 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import itertools
 import math
 import os
+import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,7 +438,7 @@ def score_sequences(model: nn.Module, tokenizer: CharTokenizer, records: Iterabl
 
 @dataclass(frozen=True)
 class Variant:
-    """One SNV from a VCF line (POS is 1-based, as in the VCF)."""
+    """One SNV from a VCF line (POS is 1-based, as in the VCF); `line` is 0 when read by a region query."""
 
     chrom: str
     pos: int
@@ -471,50 +473,197 @@ class VepResult:
 _BASES = set("ACGT")
 
 
-def read_vcf(path: str | Path) -> Iterator[tuple[Variant | None, int, str | None]]:
-    """Stream (variant, line, skip reason) per ALT allele; reason is None for a usable SNV."""
-    path = Path(path)
-    with open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.startswith("#") or not line.strip():
-                continue
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) < 5:
-                yield None, number, f"malformed: {len(cols)} columns, need CHROM POS ID REF ALT"
-                continue
-            chrom, pos_text, vid, ref, alts = cols[:5]
-            try:
-                pos = int(pos_text)
-            except ValueError:
-                yield None, number, f"malformed: POS {pos_text!r} is not an integer"
-                continue
-            for alt in alts.split(","):
-                v = Variant(chrom, pos, vid, ref.upper(), alt.upper(), number)
-                if len(v.ref) != 1 or len(v.alt) != 1 or v.ref not in _BASES or v.alt not in _BASES:
-                    yield v, number, f"not an SNV: REF={ref} ALT={alt}"
-                elif v.ref == v.alt:
-                    yield v, number, "not an SNV: ALT equals REF"
-                else:
-                    yield v, number, None
+class ReferenceMismatchError(ValueError):
+    """A VCF header's ``##contig`` length differs from that sequence's length in the FASTA."""
+
+
+def parse_region(text: str) -> tuple[str, int | None, int | None]:
+    """``CHROM``, ``CHROM:START`` or ``CHROM:START-END`` (1-based, inclusive, as tabix and samtools
+    take it; commas allowed) -> (chrom, start, end), None where open."""
+    chrom, _, span = text.strip().rpartition(":") if ":" in text else (text.strip(), "", "")
+    try:
+        first, _, last = span.replace(",", "").partition("-")
+        start = int(first) if first else None
+        end = int(last) if last else None
+    except ValueError:
+        start = end = -1
+    if not chrom or (start is not None and start < 1) or (end is not None and (end < 1 or (start or 1) > end)):
+        raise ValueError(f"region {text!r}: expected CHROM, CHROM:START or CHROM:START-END (1-based, inclusive, "
+                         "START <= END)")
+    return chrom, start, end
+
+
+def _alleles(chrom: str, pos: int, vid: str, ref: str, alts: Sequence[str], filters: list[str], number: int,
+             pass_only: bool) -> Iterator[tuple[Variant | None, int, str | None]]:
+    """(variant, line, skip reason) per ALT allele of one VCF record; reason None for a usable SNV."""
+    for alt in alts:
+        v = Variant(chrom, pos, vid, ref.upper(), alt.upper(), number)
+        if pass_only and filters != ["PASS"]:
+            yield v, number, f"filtered: FILTER={';'.join(filters) or '.'} (--pass-only keeps PASS only)"
+        elif len(v.ref) != 1 or len(v.alt) != 1 or v.ref not in _BASES or v.alt not in _BASES:
+            yield v, number, f"not an SNV: REF={ref} ALT={alt}"
+        elif v.ref == v.alt:
+            yield v, number, "not an SNV: ALT equals REF"
+        else:
+            yield v, number, None
+
+
+_CONTIG_LINE = re.compile(r"^##contig=<(?=.*\bID=([^,>]+))(?:(?=.*\blength=(\d+)))?")
+
+
+class VcfReader:
+    """The records of a VCF as (variant, line, skip reason) per ALT allele, through htslib.
+
+    `pysam.VariantFile` (htslib, the reference VCF/BCF and tabix implementation) reads the file:
+    header, FILTER, ``##contig`` lengths (`contigs`) and, for a bgzipped VCF with a ``.tbi`` /
+    ``.csi`` index, a `region` (`parse_region`). Where pysam is not installed or htslib refuses the
+    file (a VCF without a full ``#CHROM ... INFO`` header line, headerless, plain gzip) a line reader
+    of the first five (and FILTER) columns takes over; it cannot query a region. `pass_only` skips,
+    with a reason, records whose FILTER is not PASS. ``line`` is the record's line in the file (0
+    for a region query, where htslib jumps through the index).
+    """
+
+    def __init__(self, path: str | Path, region: str | None = None, pass_only: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"VCF file not found: {self.path}")
+        self.region = None if region is None else parse_region(region)
+        self.pass_only = pass_only
+        self._vf, refused = self._open_htslib()
+        if self._vf is None and self.region is not None:
+            raise ValueError(f"{self.path}: a region query needs a bgzipped VCF with a tabix index that htslib "
+                             f"reads, and {refused}")
+        if self._vf is not None and self.region is not None and self._vf.index is None:
+            raise ValueError(f"{self.path} has no tabix index ({self.path.name}.tbi or .csi) for the region query "
+                             f"{region!r}: bgzip the VCF and index it (`tabix -p vcf {self.path.name}`)")
+        self.contigs: dict[str, int | None] = self._contigs()
+
+    def _open_htslib(self):  # type: ignore[no-untyped-def]
+        try:
+            import pysam
+        except ImportError:
+            return None, "pysam is not installed"
+        previous = pysam.set_verbosity(0)  # htslib's own stderr lines; the refusal is reported here
+        try:
+            return pysam.VariantFile(str(self.path)), ""
+        except Exception as err:  # noqa: BLE001 - htslib raises ValueError/OSError/NotImplementedError
+            return None, f"htslib refuses this one ({err})"
+        finally:
+            pysam.set_verbosity(previous)
+
+    @property
+    def uses_htslib(self) -> bool:
+        """True when htslib reads the file, False for the line reader."""
+        return self._vf is not None
+
+    def _contigs(self) -> dict[str, int | None]:
+        if self._vf is not None:
+            return {name: c.length for name, c in self._vf.header.contigs.items()}
+        contigs: dict[str, int | None] = {}
+        with open_text(self.path) as f:
+            for line in f:
+                if not line.startswith("##"):
+                    break
+                if m := _CONTIG_LINE.match(line):
+                    contigs[m.group(1)] = int(m.group(2)) if m.group(2) else None
+        return contigs
+
+    def _header_lines(self) -> int:
+        with open_text(self.path) as f:
+            return sum(1 for _ in itertools.takewhile(lambda line: line.startswith("#"), f))
+
+    def __iter__(self) -> Iterator[tuple[Variant | None, int, str | None]]:
+        if self._vf is None:
+            yield from self._read_text()
+            return
+        import pysam
+
+        vf = self._vf
+        if self.region is not None:
+            chrom, start, end = self.region
+            if chrom not in vf.header.contigs:
+                raise ValueError(f"{self.path}: region {chrom!r} is not a chromosome of this VCF "
+                                 f"(its header has {', '.join(list(vf.header.contigs)[:8]) or 'no ##contig'})")
+            records, number = vf.fetch(chrom, None if start is None else start - 1, end), None
+        else:
+            records, number = iter(vf), self._header_lines()
+        previous = pysam.set_verbosity(0)
+        try:
+            while True:
+                try:
+                    rec = next(records)
+                except StopIteration:
+                    break
+                except (OSError, ValueError) as err:
+                    where = f"{self.path}:{number + 1}" if number is not None else f"{self.path} (region {self.region})"
+                    raise ValueError(f"{where}: htslib cannot read this record ({err}); fix or remove it") from None
+                if number is not None:
+                    number += 1
+                yield from _alleles(rec.chrom, rec.pos, rec.id or ".", rec.ref or "", rec.alts or (".",),
+                                    list(rec.filter.keys()), number or 0, self.pass_only)
+        finally:
+            pysam.set_verbosity(previous)
+            vf.close()
+
+    def _read_text(self) -> Iterator[tuple[Variant | None, int, str | None]]:
+        with open_text(self.path) as f:
+            for number, line in enumerate(f, start=1):
+                if line.startswith("#") or not line.strip():
+                    continue
+                cols = line.rstrip("\r\n").split("\t")
+                if len(cols) < 5:
+                    yield None, number, f"malformed: {len(cols)} columns, need CHROM POS ID REF ALT"
+                    continue
+                chrom, pos_text, vid, ref, alts = cols[:5]
+                try:
+                    pos = int(pos_text)
+                except ValueError:
+                    yield None, number, f"malformed: POS {pos_text!r} is not an integer"
+                    continue
+                flt = cols[6].strip() if len(cols) > 6 else "."
+                filters = [] if flt in ("", ".") else flt.split(";")
+                yield from _alleles(chrom, pos, vid, ref, alts.split(","), filters, number, self.pass_only)
+
+
+def read_vcf(path: str | Path, region: str | None = None,
+             pass_only: bool = False) -> Iterator[tuple[Variant | None, int, str | None]]:
+    """Stream (variant, line, skip reason) per ALT allele; reason is None for a usable SNV (`VcfReader`)."""
+    return iter(VcfReader(path, region=region, pass_only=pass_only))
+
+
+def check_vcf_contigs(reader: VcfReader, chrom_lengths: dict[str, int], fasta: str | Path) -> None:
+    """Raise `ReferenceMismatchError` when a ``##contig`` length of the VCF differs from the FASTA's."""
+    for name, length in reader.contigs.items():
+        have = chrom_lengths.get(name)
+        if length is not None and have is not None and have != length:
+            raise ReferenceMismatchError(
+                f"{reader.path}: its header says ##contig=<ID={name},length={length}> but {name} has {have} bases "
+                f"in FASTA {fasta}: the VCF was called against another reference; give the FASTA it was called on")
 
 
 def variant_effects(model: nn.Module, tokenizer: CharTokenizer, vcf: str | Path, fasta: str | Path,
                     window: int = 1024, reverse_complement: bool = False, batch_size: int = 16,
-                    precision: Precision = "fp32", progress: bool = False) -> VepResult:
+                    precision: Precision = "fp32", progress: bool = False, region: str | None = None,
+                    pass_only: bool = False) -> VepResult:
     """Score every SNV of `vcf` against `fasta` by the LLR over a window centred on it.
 
     The window holds `window` reference bases [pos0 - window//2, pos0 - window//2 + window);
     the alt window differs at one base. Only bases from the variant onwards differ in
     likelihood (the model is causal), so the sum runs over those. With `reverse_complement`
     the LLR is the mean of both strands. REF mismatches, non-SNVs, unknown chromosomes and
-    windows that would cross a chromosome end are skipped and reported, never dropped silently.
+    windows that would cross a chromosome end are skipped and reported, never dropped silently;
+    so are non-PASS records with `pass_only`. `region` (``chr1:1000-2000``, 1-based inclusive) reads
+    only that range of a tabix-indexed VCF. A ``##contig`` length that differs from the FASTA's is a
+    `ReferenceMismatchError` before any scoring.
     """
     from hyenadna.genome import Genome
 
     lm = _lm(model).eval()
     if not 2 <= window <= lm.config.l_max:
         raise ValueError(f"window must be in [2, l_max={lm.config.l_max}], got {window}")
+    reader = VcfReader(vcf, region=region, pass_only=pass_only)
     genome = Genome(fasta)
+    check_vcf_contigs(reader, genome.chrom_lengths, fasta)
     device = _device_of(lm)
     half = window // 2
     result = VepResult([], [])
@@ -522,7 +671,7 @@ def variant_effects(model: nn.Module, tokenizer: CharTokenizer, vcf: str | Path,
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="variants", unit="variant", disable=not progress, dynamic_ncols=True)
-    for v, line, reason in read_vcf(vcf):
+    for v, line, reason in reader:
         if reason is not None:
             result.skipped.append((v, line, reason))
             continue
@@ -598,7 +747,7 @@ def _write_skipped(f: TextIO, result: VepResult) -> None:
     f.write("vcf_line\tchrom\tpos\tid\tref\talt\treason\n")
     for v, line, reason in result.skipped:
         cols = [v.chrom, str(v.pos), v.id, v.ref, v.alt] if v else [""] * 5
-        f.write("\t".join([str(line), *cols, reason]) + "\n")
+        f.write("\t".join([str(line) if line else "", *cols, reason]) + "\n")
 
 
 def write_vep_tsv(result: VepResult, path: str | Path) -> Path:

@@ -119,6 +119,34 @@ def test_vep_writes_scores_and_reports_skips(converted, tmp_path, capsys) -> Non
     assert rows[1].split("\t")[7] != ""  # reverse-strand LLR present with --rc
 
 
+def test_vep_region_and_pass_only_through_htslib(converted, tmp_path, capsys) -> None:
+    import pysam
+
+    rng = random.Random(2)
+    chrom = "".join(rng.choice("ACGT") for _ in range(600))
+    write_fasta(tmp_path / "ref.fa", [("chr1", chrom)])
+    alt = {"A": "C", "C": "G", "G": "T", "T": "A"}
+    header = ("##fileformat=VCFv4.2\n##contig=<ID=chr1,length=600>\n##FILTER=<ID=q10,Description=\"low\">\n"
+              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
+    body = "".join(f"chr1\t{p}\tv{p}\t{chrom[p - 1]}\t{alt[chrom[p - 1]]}\t.\t{'q10' if p == 300 else 'PASS'}\t.\n"
+                   for p in (100, 200, 300, 400, 500))
+    (tmp_path / "v.vcf").write_text(header + body)
+    vcf = pysam.tabix_index(str(tmp_path / "v.vcf"), preset="vcf", force=True, keep_original=True)
+    base = ["vep", str(converted), "--fasta", str(tmp_path / "ref.fa"), "--window", "128", "--no-progress"]
+    assert main([*base, "--vcf", vcf, "-o", str(tmp_path / "a.tsv"), "--region", "chr1:150-450", "--pass-only"]) == 0
+    assert "scored 2 of 3" in capsys.readouterr().out
+    assert [r.split("\t")[2] for r in (tmp_path / "a.tsv").read_text().splitlines()[1:]] == ["v200", "v400"]
+    skipped = (tmp_path / "a.skipped.tsv").read_text().splitlines()[1:]
+    assert len(skipped) == 1 and skipped[0].startswith("\tchr1\t300\tv300\t") and "filtered: FILTER=q10" in skipped[0]
+    assert main([*base, "--vcf", str(tmp_path / "v.vcf"), "-o", str(tmp_path / "b.tsv"), "--region", "chr1:1-9"]) == 1
+    assert capsys.readouterr().err.strip() == (f"hyenadna vep: error: {tmp_path}/v.vcf has no tabix index (v.vcf.tbi or "
+                                               ".csi) for the region query 'chr1:1-9': bgzip the VCF and index it "
+                                               "(`tabix -p vcf v.vcf`)")
+    assert main([*base, "--vcf", vcf, "-o", str(tmp_path / "b.tsv"), "--region", "chr1:9-1"]) == 1
+    assert capsys.readouterr().err.startswith("hyenadna vep: error: --region 'chr1:9-1': expected CHROM")
+    assert not (tmp_path / "b.tsv").exists()
+
+
 def test_errors_are_one_clear_line_with_status_1(release, converted, tmp_path, capsys) -> None:
     write_fasta(tmp_path / "long.fa", [("big", "A" * 300)])
     assert main(["embed", str(converted), str(tmp_path / "long.fa"), "-o", str(tmp_path / "e.npy"),
