@@ -210,7 +210,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     model, tok = _load(args, dict(zip(names, targets)), _inputs(args))
     summary = embed_to_file(model, tok, records, args.output, pooling=args.pooling,
                             batch_size=args.batch_size, precision=args.precision,
-                            shard_size=args.shard_size, progress=not args.no_progress)
+                            shard_size=args.shard_size, progress=not args.no_progress,
+                            shard_format=args.shard_format)
     print(f"embedded {summary.n_sequences} sequences (dim {summary.dim}, pooling {args.pooling}) -> "
           + ", ".join(str(f) for f in summary.files))
 
@@ -301,11 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_input_args(p)
     p.add_argument("-o", "--output", required=True,
-                   help="out.npy (memory-mapped array + .ids.txt [+ .mask.npy]) or a directory of .pt shards")
+                   help="out.npy (memory-mapped array + .ids.txt [+ .mask.npy]) or a directory of shards")
     p.add_argument("--pooling", choices=["mean", "last", "none"], default="mean",
                    help="mean/last over real bases, or none for per-position embeddings (default mean)")
     p.add_argument("--shard-size", type=_int_at_least(1), default=4096,
-                   help="records per .pt shard (default 4096); the shard folder must be new or empty")
+                   help="records per shard, exactly (the last one may hold fewer; default 4096); the shard folder "
+                        "must be new or empty")
+    p.add_argument("--shard-format", choices=["pt", "safetensors"], default="pt",
+                   help="pt: torch.save dicts (default); safetensors: embeddings + ids readable without torch "
+                        "(hyenadna.inference.load_embedding_shard)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("score", help="log-likelihood and perplexity of each sequence")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import torch
@@ -260,7 +260,7 @@ def embed_outputs(output: str | Path, pooling: Pooling = "mean") -> list[Path]:
                 raise ValueError(f"{path} is a folder; the embeddings need a file there")
         return paths
     if output.exists() and not output.is_dir():
-        raise ValueError(f"{output} is a file, not a folder for .pt shards (name a .npy file for one array)")
+        raise ValueError(f"{output} is a file, not a folder for shards (name a .npy file for one array)")
     if output.is_dir():
         held = sorted(p.name for p in output.iterdir())
         if held:
@@ -291,13 +291,17 @@ def _open_npy(path: Path, shape: tuple[int, ...], dtype: type, name: Path) -> np
 
 def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[[], Iterable[Record]],
                   output: str | Path, pooling: Pooling = "mean", batch_size: int = 16,
-                  precision: Precision = "fp32", shard_size: int = 4096, progress: bool = True) -> EmbeddingSummary:
+                  precision: Precision = "fp32", shard_size: int = 4096, progress: bool = True,
+                  shard_format: Literal["pt", "safetensors"] = "pt") -> EmbeddingSummary:
     """Embed every record of `records()` and stream the results to disk.
 
     ``output`` ending in ``.npy``: one memory-mapped array, (N, D) pooled or (N, L_max_in, D)
     per position with ``<stem>.mask.npy`` (N, L) marking real positions; names in
-    ``<stem>.ids.txt``. Any other ``output`` is a new or empty directory of ``.pt`` shards of
-    `shard_size` records, each ``{"ids", "embeddings", "attention_mask" (per position only)}``.
+    ``<stem>.ids.txt``. Any other ``output`` is a new or empty directory of shards of exactly
+    `shard_size` records each (the last one may hold fewer), padded per position to the shard's
+    longest record: ``.pt`` files ``{"ids", "embeddings", "attention_mask" (per position only)}``,
+    or with ``shard_format="safetensors"`` ``.safetensors`` files holding the same tensors and the
+    names as a uint8 tensor ``ids`` (`load_embedding_shard`; no torch needed to read them).
     The input is read twice: once to check it and size the output, once to embed it. Everything
     is written under temporary sibling names and renamed into place at the end, so a failure
     leaves the previous outputs (or none) as they were.
@@ -306,6 +310,8 @@ def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be a number of records >= 1, got {shard_size}")
+    if shard_format not in ("pt", "safetensors"):
+        raise ValueError(f"shard_format must be 'pt' or 'safetensors', got {shard_format!r}")
     output = Path(output)
     targets = embed_outputs(output, pooling)
     backbone = _backbone(model)
@@ -342,42 +348,91 @@ def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[
                 tmps[-1].write_text("".join(name + "\n" for name in names))
         summary.files.extend(targets)
         return summary
+    if shard_format == "safetensors":
+        bad = next((i for i, name in enumerate(names) if "\n" in name), None)
+        if bad is not None:
+            raise ValueError(f"record {bad} ({names[bad]!r}): a name with a newline cannot be stored in a "
+                             "safetensors shard's newline-separated ids")
     pending: list[tuple[list[str], Tensor, Tensor]] = []
     count = 0
     with atomic_outputs([output]) as [folder]:
         folder.mkdir()
 
-        def flush() -> None:
-            nonlocal pending, count
-            if not pending:
-                return
-            ids_list = [name for names_b, _, _ in pending for name in names_b]
+        def write_shard(part: list[tuple[list[str], Tensor, Tensor]]) -> None:
+            ids_list = [name for names_b, _, _ in part for name in names_b]
+            msk = None
             if pooling == "none":
-                width = max(h.shape[1] for _, h, _ in pending)
-                emb = torch.cat([F.pad(h, (0, 0, 0, width - h.shape[1])) for _, h, _ in pending])
-                msk = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, _, m in pending])
-                payload = {"ids": ids_list, "embeddings": emb, "attention_mask": msk}
+                width = max(int(m.sum(1).max()) for _, _, m in part)  # the longest record of this shard
+                emb = torch.cat([F.pad(h, (0, 0, 0, max(width - h.shape[1], 0)))[:, :width] for _, h, _ in part])
+                msk = torch.cat([F.pad(m, (0, max(width - m.shape[1], 0)))[:, :width] for _, _, m in part])
             else:
-                payload = {"ids": ids_list, "embeddings": torch.cat([h for _, h, _ in pending])}
-            name = f"shard-{len(summary.files):05d}.pt"
-            # torch.save into a file turns a failed write (full disk) into an opaque RuntimeError
-            # ('unexpected pos ...'); serialised in memory first, the write raises a plain OSError.
-            blob = io.BytesIO()
-            torch.save(payload, blob)
+                emb = torch.cat([h for _, h, _ in part])
+            name = f"shard-{len(summary.files):05d}.{shard_format}"
+            if shard_format == "safetensors":
+                blob = _safetensors_shard(ids_list, emb, msk, pooling)
+            else:
+                # torch.save into a file turns a failed write (full disk) into an opaque RuntimeError
+                # ('unexpected pos ...'); serialised in memory first, the write raises a plain OSError.
+                buffer = io.BytesIO()
+                payload = {"ids": ids_list, "embeddings": emb, **({"attention_mask": msk} if msk is not None else {})}
+                torch.save(payload, buffer)
+                blob = buffer.getvalue()
             with naming_os_errors(output / name), open(folder / name, "wb") as f:
-                f.write(blob.getbuffer())
+                f.write(blob)
             summary.files.append(output / name)
-            pending, count = [], 0
 
         for batch in batches:
             ids, mask = _encode(tokenizer, [s for _, s in batch], device)
             vec = pool(hidden_states(model, ids, precision), mask, pooling).cpu()
             pending.append(([name for name, _ in batch], vec, mask.cpu().bool()))
             count += len(batch)
-            if count >= shard_size:
-                flush()
-        flush()
+            while count >= shard_size:  # exactly shard_size records per shard; a batch may span two
+                part, pending = _split_records(pending, shard_size)
+                write_shard(part)
+                count -= shard_size
+        if count:
+            write_shard(pending)
     return summary
+
+
+def _split_records(pending: list[tuple[list[str], Tensor, Tensor]],
+                   n: int) -> tuple[list[tuple[list[str], Tensor, Tensor]], list[tuple[list[str], Tensor, Tensor]]]:
+    """The first `n` records of the batches in `pending`, and the rest."""
+    taken, rest = [], []
+    for names, h, m in pending:
+        k = min(max(n, 0), len(names))
+        if k:
+            taken.append((names[:k], h[:k], m[:k]))
+        if k < len(names):
+            rest.append((names[k:], h[k:], m[k:]))
+        n -= k
+    return taken, rest
+
+
+# A safetensors shard holds the tensors and the record names together, readable without torch.
+SHARD_IDS_KEY = "ids"  # uint8 tensor: the UTF-8 of the record names joined by "\n"
+
+
+def _safetensors_shard(ids: list[str], emb: Tensor, mask: Tensor | None, pooling: str) -> bytes:
+    from safetensors.numpy import save
+
+    tensors = {"embeddings": emb.numpy(), SHARD_IDS_KEY: np.frombuffer("\n".join(ids).encode(), dtype=np.uint8)}
+    if mask is not None:
+        tensors["attention_mask"] = mask.numpy()
+    return save(tensors, metadata={"format": "hyenadna-embeddings", "pooling": pooling, "records": str(len(ids)),
+                                   "ids": "uint8 tensor 'ids': UTF-8 record names joined by newlines"})
+
+
+def load_embedding_shard(path: str | Path) -> dict[str, Any]:
+    """A ``.safetensors`` shard of `embed_to_file` as numpy: ``ids`` (list of str), ``embeddings``
+    (N, D) or (N, L, D) and, per position, ``attention_mask`` (N, L). Needs safetensors and numpy
+    only (no torch): ``safetensors.numpy.load_file(path)`` gives the same arrays, with the ids as
+    the uint8 tensor ``ids`` (``bytes(t).decode().split("\\n")``)."""
+    from safetensors.numpy import load_file
+
+    tensors: dict[str, Any] = dict(load_file(str(path)))
+    tensors["ids"] = tensors.pop(SHARD_IDS_KEY).tobytes().decode("utf-8").split("\n")
+    return tensors
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,6 +80,13 @@ def test_embed_score_and_generate(release, converted, tmp_path, capsys) -> None:
                  "--device", "cpu", "--batch-size", "2", "--no-progress"]) == 0
     expected = embed(release[1], CharTokenizer(), [s for _, s in recs])
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected.numpy(), atol=1e-5)
+    assert main(["embed", str(converted), str(tmp_path / "in.fa"), "-o", str(tmp_path / "st"), "--device", "cpu",
+                 "--batch-size", "2", "--shard-size", "2", "--shard-format", "safetensors", "--no-progress"]) == 0
+    from hyenadna.inference import load_embedding_shard
+
+    parts = [load_embedding_shard(p) for p in sorted((tmp_path / "st").iterdir())]
+    assert [p["ids"] for p in parts] == [["r0", "r1"], ["r2"]]
+    np.testing.assert_allclose(np.concatenate([p["embeddings"] for p in parts]), expected.numpy(), atol=1e-5)
     assert main(["score", str(release[0]), str(tmp_path / "in.fa"), "-o", str(tmp_path / "s.tsv"),
                  "--no-progress"]) == 0
     rows = [r.split("\t") for r in (tmp_path / "s.tsv").read_text().splitlines()]

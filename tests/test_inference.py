@@ -117,6 +117,45 @@ def test_embed_to_file_npy_and_pt_shards_from_fasta_and_csv(lm, seqs, tmp_path) 
                                embed(lm, TOK, seqs, pooling="last"), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "none"])
+def test_safetensors_shards_hold_exactly_shard_size_records_with_their_ids(lm, seqs, tmp_path, pooling) -> None:
+    """--shard-size means records: 5 records, batches of 2, shards of 3 -> 3 + 2 (a batch spans two
+    shards); each .safetensors shard holds its ids next to the vectors and loads without torch."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+
+    from hyenadna.inference import load_embedding_shard
+
+    records = [(f"s{i} é", s) for i, s in enumerate(seqs)]  # a space and a non-ASCII letter survive
+    out = embed_to_file(lm, TOK, lambda: iter(records), tmp_path / "st", pooling=pooling, batch_size=2, shard_size=3,
+                        shard_format="safetensors", progress=False)
+    assert [p.name for p in out.files] == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    parts = [load_embedding_shard(p) for p in out.files]
+    assert [p["ids"] for p in parts] == [[n for n, _ in records[:3]], [n for n, _ in records[3:]]]
+    expected = embed(lm, TOK, seqs, pooling=pooling)
+    if pooling == "none":
+        hidden, mask = expected
+        for part, rows in zip(parts, (slice(0, 3), slice(3, 5))):
+            width = part["attention_mask"].shape[1]
+            assert width == max(len(s) for s in seqs[rows])  # padded to the shard's longest record
+            np.testing.assert_array_equal(part["attention_mask"], mask[rows, :width].numpy())
+            np.testing.assert_allclose(part["embeddings"], hidden[rows, :width].numpy(), atol=1e-5)
+    else:
+        np.testing.assert_allclose(np.concatenate([p["embeddings"] for p in parts]), expected.numpy(), atol=1e-5)
+    raw = load_file(str(out.files[1]))
+    assert bytes(raw["ids"]).decode().split("\n") == ["s3 é", "s4 é"]
+    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch fails
+            "from safetensors.numpy import load_file\n"
+            f"t = load_file({str(out.files[0])!r}); print(t['embeddings'].shape[0], bytes(t['ids']).decode())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[0].startswith("3 s0 é")
+    pt = embed_to_file(lm, TOK, lambda: iter(records), tmp_path / "pt", pooling=pooling, batch_size=2, shard_size=3,
+                       progress=False)
+    assert [len(torch.load(p, weights_only=True)["ids"]) for p in pt.files] == [3, 2]  # .pt shards count records too
+
+
 def test_embed_refuses_a_shard_folder_that_holds_files_and_a_shard_size_below_1(lm, seqs, tmp_path) -> None:
     write_fasta(tmp_path / "in.fa", [(f"s{i}", s) for i, s in enumerate(seqs)])
     shards = tmp_path / "shards"
