@@ -573,6 +573,24 @@ def build_loggers(cfg: DictConfig, out: Path) -> list[pl.loggers.Logger]:
     return loggers
 
 
+def record_run_config(cfg: DictConfig, out: Path, loggers: list[pl.loggers.Logger]) -> None:
+    """What train.py and finetune.py both record at the start of a run (rank 0): the resolved
+    config as ``<out>/config.yaml`` (`save_config`), and the same resolved config as the run
+    config of every logger but the CSV one (wandb's config panel, TensorBoard's hparams), whose
+    record is that config.yaml beside its metrics.csv."""
+    save_config(cfg, out, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        if not isinstance(logger, pl.loggers.CSVLogger):
+            logger.log_hyperparams(resolved)
+
+
+def metrics_csv(trainer: pl.Trainer) -> Path | None:
+    """The metrics.csv the run's CSV logger writes (``<output_dir>/metrics.csv``), if it has one."""
+    return next((Path(lg.log_dir) / "metrics.csv" for lg in trainer.loggers
+                 if isinstance(lg, pl.loggers.CSVLogger)), None)
+
+
 def start_run(cfg: DictConfig, known_keys: frozenset[str], resume_from: str | None = None) -> Path:
     """Checks shared by train.py and finetune.py before any work: top-level keys, `_target_`s, the
     true/false switches, the output folder (`prepare_output_dir`); then threads, memory settings
