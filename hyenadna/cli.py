@@ -2,8 +2,9 @@
 
     hyenadna convert  SRC DST                       # release dir / Lightning .ckpt -> our format
     hyenadna embed    MODEL INPUT -o emb.npy        # FASTA / CSV / BED (+ --fasta) -> embeddings
+    hyenadna embed    MODEL INPUT -o emb/ --shard-format safetensors   # shards of ids + vectors, no torch to read
     hyenadna score    MODEL INPUT -o scores.tsv     # log-likelihood and perplexity per sequence
-    hyenadna vep      MODEL --vcf v.vcf --fasta ref.fa -o vep.tsv
+    hyenadna vep      MODEL --vcf v.vcf --fasta ref.fa -o vep.tsv [--region chr1:1-1000000] [--pass-only]
     hyenadna generate MODEL --prompt ACGT --max-new-tokens 200 --seed 0
 
 MODEL is anything `hyenadna.load_pretrained` reads. Errors (in the input, of the file system

@@ -654,7 +654,7 @@ def run_and_report(fit: Callable[[DictConfig], Any], cfg: DictConfig, prog: str)
         try:
             return fit(cfg)
         except BaseException:
-            _discard_unused_run_folders()  # only folders holding nothing of the run (an interrupted one has its checkpoint)
+            _discard_unused_run_folders()  # only folders holding nothing (an interrupted run has its checkpoint)
             raise
         finally:
             _created_run_dirs.clear()
