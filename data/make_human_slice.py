@@ -13,7 +13,7 @@ import argparse
 import gzip
 from pathlib import Path
 
-from hyenadna.genome import BgzfWriter
+from hyenadna.genome import write_bgzf
 
 LINE_WIDTH = 60
 
@@ -36,7 +36,7 @@ def main() -> None:
         raise ValueError(f"need 0 <= start < end <= {len(sequence)}, got {args.start}, {args.end}")
     piece = sequence[args.start : args.end]
     description = f"GRCh37 NC_000023.10 chrX:{args.start + 1}-{args.end} (1-based, inclusive)"
-    with open(args.out, "wb") as out, BgzfWriter(out, level=9) as writer:
+    with write_bgzf(args.out, level=9) as writer:
         writer.write(f">chrX {description}\n".encode())
         for i in range(0, len(piece), LINE_WIDTH):
             writer.write(piece[i : i + LINE_WIDTH] + b"\n")

@@ -54,7 +54,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import uuid
 import warnings
 import zipfile
@@ -66,6 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from hyenadna.config import HyenaConfig
+from hyenadna.files import make_temporary_folder
 from hyenadna.tokenizer import CharTokenizer
 
 FORMAT_NAME = "hyenadna"
@@ -1112,7 +1112,7 @@ def save_pretrained(model: PretrainedMixin, directory: str | Path, tokenizer: Ch
     blob = st_save(tensors, metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
                                       "config": json.dumps(meta)})
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    tmp = make_temporary_folder(directory)  # not mkdtemp: the folder keeps the user's umask, not 0o700
     old: Path | None = None
     try:
         _fsync_write(tmp / WEIGHTS_NAME, blob)

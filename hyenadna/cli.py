@@ -2,8 +2,9 @@
 
     hyenadna convert  SRC DST                       # release dir / Lightning .ckpt -> our format
     hyenadna embed    MODEL INPUT -o emb.npy        # FASTA / CSV / BED (+ --fasta) -> embeddings
+    hyenadna embed    MODEL INPUT -o emb/ --shard-format safetensors   # shards of ids + vectors, no torch to read
     hyenadna score    MODEL INPUT -o scores.tsv     # log-likelihood and perplexity per sequence
-    hyenadna vep      MODEL --vcf v.vcf --fasta ref.fa -o vep.tsv
+    hyenadna vep      MODEL --vcf v.vcf --fasta ref.fa -o vep.tsv [--region chr1:1-1000000] [--pass-only]
     hyenadna generate MODEL --prompt ACGT --max-new-tokens 200 --seed 0
 
 MODEL is anything `hyenadna.load_pretrained` reads, a Hugging Face Hub id or released name
@@ -46,6 +47,7 @@ from hyenadna.inference import (
     generate,
     guess_format,
     open_records,
+    parse_region,
     score_sequences,
     variant_effects,
     vep_skipped_path,
@@ -216,7 +218,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     model, tok = _load(args, dict(zip(names, targets)), _inputs(args))
     summary = embed_to_file(model, tok, records, args.output, pooling=args.pooling,
                             batch_size=args.batch_size, precision=args.precision,
-                            shard_size=args.shard_size, progress=not args.no_progress)
+                            shard_size=args.shard_size, progress=not args.no_progress,
+                            shard_format=args.shard_format)
     print(f"embedded {summary.n_sequences} sequences (dim {summary.dim}, pooling {args.pooling}) -> "
           + ", ".join(str(f) for f in summary.files))
 
@@ -245,15 +248,22 @@ def cmd_vep(args: argparse.Namespace) -> None:
     outputs = {"-o": args.output, "the skipped-records file of -o": vep_skipped_path(args.output)}
     for flag, path in outputs.items():
         _check_output_file(flag, path)
+    if args.region is not None:
+        try:
+            parse_region(args.region)
+        except ValueError as err:
+            raise ValueError(f"--{err}") from None
     model, tok = _load(args, outputs, {"--vcf": args.vcf, "--fasta": args.fasta}, task="causal_lm")
     l_max = model.config.l_max
     if not 2 <= args.window <= l_max:
         raise ValueError(f"--window must be in [2, {l_max}] (the model's l_max), got {args.window}")
     res = variant_effects(model, tok, args.vcf, args.fasta, window=args.window, reverse_complement=args.rc,
-                          batch_size=args.batch_size, precision=args.precision, progress=not args.no_progress)
+                          batch_size=args.batch_size, precision=args.precision, progress=not args.no_progress,
+                          region=args.region, pass_only=args.pass_only)
     n = len(res.scores) + len(res.skipped)
     if n == 0:
-        raise ValueError(f"--vcf {args.vcf} has no variant records; nothing written")
+        where = f" in --region {args.region}" if args.region else ""
+        raise ValueError(f"--vcf {args.vcf} has no variant records{where}; nothing written")
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(res.skip_counts().items()))
     if not res.scores:
         # No scores: no score TSV, but the reason of each record, so the user can see what went wrong.
@@ -302,11 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_input_args(p)
     p.add_argument("-o", "--output", required=True,
-                   help="out.npy (memory-mapped array + .ids.txt [+ .mask.npy]) or a directory of .pt shards")
+                   help="out.npy (memory-mapped array + .ids.txt [+ .mask.npy]) or a directory of shards")
     p.add_argument("--pooling", choices=["mean", "last", "none"], default="mean",
                    help="mean/last over real bases, or none for per-position embeddings (default mean)")
     p.add_argument("--shard-size", type=_int_at_least(1), default=4096,
-                   help="records per .pt shard (default 4096); the shard folder must be new or empty")
+                   help="records per shard, exactly (the last one may hold fewer; default 4096); the shard folder "
+                        "must be new or empty")
+    p.add_argument("--shard-format", choices=["pt", "safetensors"], default="pt",
+                   help="pt: torch.save dicts (default); safetensors: embeddings + ids readable without torch "
+                        "(hyenadna.inference.load_embedding_shard)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("score", help="log-likelihood and perplexity of each sequence")
@@ -317,12 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("vep", help="variant effect (LLR alt vs ref) of VCF SNVs")
     _add_model_args(p)
-    p.add_argument("--vcf", required=True, help="VCF (plain or gzipped)")
+    p.add_argument("--vcf", required=True, help="VCF (plain or gzipped), read by htslib (pysam)")
     p.add_argument("--fasta", required=True, help="reference FASTA the VCF refers to")
     p.add_argument("-o", "--output", required=True,
                    help="output TSV; skipped records go to <stem>.skipped.tsv (only that one when none is scored)")
     p.add_argument("--window", type=int, default=1024, help="bases around each variant (default 1024, <= l_max)")
     p.add_argument("--rc", action="store_true", help="average the LLR with the reverse-complement strand")
+    p.add_argument("--region", help="only CHROM[:START[-END]] (1-based, inclusive) of a bgzipped, tabix-indexed VCF")
+    p.add_argument("--pass-only", action="store_true",
+                   help="score only records whose FILTER is PASS (the others are reported as skipped)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=16)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_vep)

@@ -1,4 +1,5 @@
-"""Writing output files safely: never onto an input, never a partial file.
+"""Writing output files safely (never onto an input, never a partial file), and reading the text
+formats users bring (FASTA, BED, CSV/TSV), plain or gzip/bgzip, with one reader each.
 
 Every file a run or a command produces goes through `atomic_write`: the data is written to a
 hidden temporary file in the same folder, flushed to disk, and renamed over the target only
@@ -8,6 +9,10 @@ folders that are written together and renamed together at the end. `check_output
 refuses, before any work, a command whose output path names one of its inputs. An OSError raised
 while writing names the user's output path, never the hidden temporary one, nor nothing at all (a
 write on a full disk carries no file name of its own).
+
+`read_fasta`, `read_bed_rows` and `table_delimiter` are the only FASTA reader, BED line parser
+and CSV-vs-TSV rule of the package (inference, tasks and genome use them); each error names the
+file and line.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -29,6 +35,16 @@ def temporary_sibling(path: str | os.PathLike[str]) -> Path:
     """A fresh hidden name in the folder of `path` (same filesystem, so a rename is atomic)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+
+
+def make_temporary_folder(path: str | os.PathLike[str]) -> Path:
+    """A new hidden sibling folder of `path`, with the permissions of a plain ``mkdir`` (the umask).
+
+    `tempfile.mkdtemp` would make it ``drwx------``, which the final rename would keep.
+    """
+    tmp = temporary_sibling(path)
+    tmp.mkdir()
+    return tmp
 
 
 def fsync_folder(folder: Path) -> None:
@@ -218,3 +234,77 @@ def open_text(path: str | os.PathLike[str]) -> Iterator[TextIO]:
             yield text
         except (EOFError, zlib.error, gzip.BadGzipFile) as err:
             raise ValueError(f"{path}: truncated or corrupt gzip file ({err})") from None
+
+
+def read_fasta(path: str | os.PathLike[str]) -> Iterator[tuple[str, str, int]]:
+    """Stream (name, sequence, header line number) of each record of a plain, gzip or bgzip FASTA.
+
+    The name is the first word of the header (``record<line>`` for a bare ``>``); sequence lines
+    are joined with their case kept; blank lines and ``;`` comment lines are skipped.
+    """
+    path = Path(path)
+    name: str | None = None
+    chunks: list[str] = []
+    header_line = 0
+    with open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith(";"):
+                continue
+            if line.startswith(">"):
+                if name is not None:
+                    yield name, "".join(chunks), header_line
+                name, chunks, header_line = (line[1:].split() or [f"record{number}"])[0], [], number
+            elif name is None:
+                raise ValueError(f"{path}:{number}: sequence before the first '>' header; not a FASTA file?")
+            else:
+                chunks.append(line)
+    if name is not None:
+        yield name, "".join(chunks), header_line
+
+
+@dataclass(frozen=True)
+class BedRow:
+    """One interval line of a BED file: 0-based half-open [start, end), all its columns, its place."""
+
+    chrom: str
+    start: int
+    end: int
+    columns: list[str]
+    where: str  # "file.bed:12", for messages
+
+
+def read_bed_rows(path: str | os.PathLike[str], min_columns: int = 3,
+                  expected: str = "at least 3 columns (chrom, start, end)") -> Iterator[BedRow]:
+    """Stream the interval lines of a (gzipped) BED file, checked: >= `min_columns` columns and
+    integer 0 <= start < end. Blank, ``#``, ``track`` and ``browser`` lines are skipped; columns
+    are tab-separated (a line with too few tabs is split on any whitespace). `expected` says what
+    the caller needs, for the message of a short line."""
+    path = Path(path)
+    with open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            where = f"{path}:{number}"
+            cols = line.rstrip("\r\n").split("\t")
+            if len(cols) < min_columns:
+                cols = line.split()
+            if len(cols) < min_columns:
+                raise ValueError(f"{where}: expected {expected}, got {len(cols)}: {line.strip()!r}")
+            try:
+                start, end = int(cols[1]), int(cols[2])
+            except ValueError:
+                raise ValueError(f"{where}: start and end must be integers, got {cols[1]!r} and {cols[2]!r}") from None
+            if not 0 <= start < end:
+                raise ValueError(f"{where}: need 0 <= start < end, got start={start} end={end}")
+            yield BedRow(cols[0], start, end, cols, where)
+
+
+def table_delimiter(path: str | os.PathLike[str], header: str) -> str:
+    """The delimiter of a CSV/TSV file from its header line: tab or comma, whichever it holds more
+    of; a header with neither (one column) follows the name (``.tsv``/``.tab`` tab, else comma)."""
+    tabs, commas = header.count("\t"), header.count(",")
+    if tabs != commas:
+        return "\t" if tabs > commas else ","
+    name = Path(path).name.lower().removesuffix(".gz")
+    return "\t" if name.endswith((".tsv", ".tab")) else ","

@@ -30,7 +30,8 @@ from hyenadna.run import (
     check_checkpoint_dirs,
     check_optimizer,
     finite_or_none,
-    save_config,
+    metrics_csv,
+    record_run_config,
     start_run,
     use_atomic_checkpoints,
 )
@@ -189,7 +190,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))
     use_atomic_checkpoints(trainer)
     if trainer.is_global_zero:
-        save_config(cfg, out, resolve=False)
+        record_run_config(cfg, out, trainer.loggers)
         print(f"task {dm.data} ({task.problem_type}, {task.num_labels} labels: {', '.join(task.label_names[:10])})")
         print(dm.summary())
         print(f"model: {source}; d_model={lm.config.d_model} n_layer={lm.config.n_layer} l_max={lm.config.l_max}; "
@@ -216,6 +217,9 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best or "", "output_dir": str(out),
         "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
     }
+    csv_path = metrics_csv(trainer)
+    if csv_path is not None and csv_path.is_file():
+        result["metrics_csv"] = str(csv_path)
     if cfg.get("icl_shots"):
         # The language model as it now stands: pretrained (head read-out), adapted (token read-out).
         result["icl"] = [evaluate_icl(lm, task.splits["train"], task.splits["test"], task.num_labels, int(k),

@@ -23,12 +23,16 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import pyfaidx
+from Bio import bgzf
+
+from hyenadna.files import atomic_write, read_bed_rows
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 # Spellings of the split column seen in the wild, mapped to the canonical names.
@@ -42,52 +46,46 @@ _SPLIT_ALIASES = {
 }
 
 _GZIP_MAGIC = b"\x1f\x8b"
-# BGZF stores at most 64 KiB per block; 0xFF00 bytes of input always deflate below that.
-_BGZF_BLOCK_INPUT = 0xFF00
-# The empty block that marks a complete BGZF file (SAM/BAM specification, section 4.1.2).
-_BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 
 # --------------------------------------------------------------------------- BGZF
 
 
-class BgzfWriter:
-    """Write BGZF (block gzip): gzip members of <= 64 KiB with a ``BC`` extra field.
+class _LeftOpen:
+    """A binary file seen through a writer that must not close it (its owner fsyncs and renames it)."""
 
-    Any gzip reader reads the result; pyfaidx (through Biopython) and samtools also seek
-    in it, because each block records its own compressed size.
+    mode = "wb"
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._f = fileobj
+
+    def write(self, data: bytes) -> int:
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.flush()
+
+
+class BgzfWriter(bgzf.BgzfWriter):
+    """Biopython's BGZF (block gzip) writer on a binary file the caller owns.
+
+    Any gzip reader reads the result; pyfaidx (through Biopython), pysam and samtools also seek
+    in it. ``close`` writes the EOF marker block and flushes, but leaves ``fileobj`` open, so
+    that `hyenadna.files.atomic_write` can fsync and rename it; a ``with`` block that fails
+    writes no EOF marker (its file is removed by its owner anyway).
     """
 
     def __init__(self, fileobj: BinaryIO, level: int = 6) -> None:
-        self._out = fileobj
-        self._level = level
-        self._buffer = bytearray()
-
-    def write(self, data: bytes) -> None:
-        """Append bytes; full 0xFF00-byte blocks are compressed and written at once."""
-        self._buffer += data
-        while len(self._buffer) >= _BGZF_BLOCK_INPUT:
-            self._write_block(bytes(self._buffer[:_BGZF_BLOCK_INPUT]))
-            del self._buffer[:_BGZF_BLOCK_INPUT]
-
-    def close(self) -> None:
-        """Flush the last partial block and write the EOF marker block."""
-        if self._buffer:
-            self._write_block(bytes(self._buffer))
-            self._buffer.clear()
-        self._out.write(_BGZF_EOF)
-
-    def _write_block(self, data: bytes) -> None:
-        compressor = zlib.compressobj(self._level, zlib.DEFLATED, -15)
-        payload = compressor.compress(data) + compressor.flush()
-        # Header (18 bytes) + payload + CRC32 and input size (8 bytes); BSIZE is total - 1.
-        block_size = 18 + len(payload) + 8
-        header = struct.pack(
-            "<BBBBIBBHBBHH", 0x1F, 0x8B, 8, 4, 0, 0, 0xFF, 6, ord("B"), ord("C"), 2, block_size - 1
-        )
-        self._out.write(header)
-        self._out.write(payload)
-        self._out.write(struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data)))
+        super().__init__(fileobj=_LeftOpen(fileobj), compresslevel=level)
 
     def __enter__(self) -> BgzfWriter:
         return self
@@ -95,6 +93,13 @@ class BgzfWriter:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.close()
+
+
+@contextmanager
+def write_bgzf(path: str | Path, level: int = 6) -> Iterator[BgzfWriter]:
+    """A BGZF writer onto `path`, atomically: the file appears complete, or not at all."""
+    with atomic_write(path, "wb") as f, BgzfWriter(f, level=level) as writer:
+        yield writer
 
 
 def is_gzip(path: str | Path) -> bool:
@@ -116,13 +121,12 @@ def is_bgzf(path: str | Path) -> bool:
 
 
 def convert_gzip_to_bgzf(src: str | Path, dst: str | Path, chunk_size: int = 1 << 22) -> None:
-    """Re-compress a plain-gzip file as BGZF, atomically (a partial ``dst`` never exists).
+    """Re-compress a plain-gzip file as BGZF (Biopython's writer), atomically (a partial ``dst`` never exists).
 
     Progress goes to stderr: the conversion of hg38 (about 0.9 GB compressed) takes minutes.
     """
     src, dst = Path(src), Path(dst)
     total = src.stat().st_size
-    tmp = dst.with_name(dst.name + f".part{os.getpid()}")
     print(
         f"[hyenadna] {src} is plain gzip, which cannot be read at random positions; "
         f"converting it once to BGZF at {dst} ...",
@@ -131,8 +135,7 @@ def convert_gzip_to_bgzf(src: str | Path, dst: str | Path, chunk_size: int = 1 <
     )
     started = last_report = time.monotonic()
     try:
-        with open(src, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, open(tmp, "wb") as out:
-            writer = BgzfWriter(out)
+        with open(src, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, write_bgzf(dst) as writer:
             while chunk := gz.read(chunk_size):
                 writer.write(chunk)
                 now = time.monotonic()
@@ -143,14 +146,10 @@ def convert_gzip_to_bgzf(src: str | Path, dst: str | Path, chunk_size: int = 1 <
                         file=sys.stderr,
                         flush=True,
                     )
-            writer.close()
-        os.replace(tmp, dst)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        tmp.unlink(missing_ok=True)
         raise ValueError(f"FASTA file {src} is a truncated or corrupt gzip file ({err}); "
                          "cannot convert it to BGZF") from None
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise ValueError(f"cannot convert gzip file {src} to BGZF: {err}") from None
     print(
         f"[hyenadna] converted {src.name} in {time.monotonic() - started:.0f} s; "
@@ -420,48 +419,25 @@ def canonical_split(name: str) -> str:
 
 
 def read_bed(path: str | Path) -> list[Interval]:
-    """Read a BED file with columns chrom, start, end, split (extra columns are ignored)."""
+    """Read a (gzipped) BED file with columns chrom, start, end, split (extra columns are ignored)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"BED file not found: {path}")
     intervals: list[Interval] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            where = f"{path}:{number}"
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) < 4:
-                cols = line.split()
-            if len(cols) < 4:
-                raise ValueError(
-                    f"{where}: expected 4 tab-separated columns (chrom, start, end, split), "
-                    f"got {len(cols)}: {line.strip()!r}"
-                )
-            chrom, start_text, end_text, split_text = cols[:4]
-            try:
-                start, end = int(start_text), int(end_text)
-            except ValueError:
-                raise ValueError(
-                    f"{where}: start and end must be integers, got {start_text!r} and {end_text!r}"
-                ) from None
-            if start < 0 or start >= end:
-                raise ValueError(
-                    f"{where}: need 0 <= start < end, got start={start} end={end}"
-                )
-            try:
-                split = canonical_split(split_text)
-            except ValueError as err:
-                raise ValueError(f"{where}: {err}") from None
-            intervals.append(Interval(chrom, start, end, split, source=where))
+    for row in read_bed_rows(path, 4, "4 tab-separated columns (chrom, start, end, split)"):
+        try:
+            split = canonical_split(row.columns[3])
+        except ValueError as err:
+            raise ValueError(f"{row.where}: {err}") from None
+        intervals.append(Interval(row.chrom, row.start, row.end, split, source=row.where))
     if not intervals:
         raise ValueError(f"BED file {path} has no intervals")
     return intervals
 
 
 def write_bed(path: str | Path, intervals: Iterable[Interval]) -> None:
-    """Write intervals as a 4-column BED (chrom, start, end, split)."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Write intervals as a 4-column BED (chrom, start, end, split), atomically."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
         for iv in intervals:
             f.write(f"{iv.chrom}\t{iv.start}\t{iv.end}\t{iv.split}\n")
 

@@ -18,21 +18,31 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import itertools
 import math
 import os
+import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyenadna.files import atomic_outputs, atomic_write, naming_os_errors, open_text
+from hyenadna.files import (
+    atomic_outputs,
+    atomic_write,
+    naming_os_errors,
+    open_text,
+    read_bed_rows,
+    read_fasta,
+    table_delimiter,
+)
 from hyenadna.model import HyenaDNAForCausalLM, HyenaDNAForSequenceClassification, HyenaDNAModel
 from hyenadna.tokenizer import CharTokenizer
 
@@ -45,34 +55,18 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # --------------------------------------------------------------------------------------------
 
 
-def read_fasta(path: str | Path) -> Iterator[Record]:
-    """Stream (name, sequence) records of a (gzipped) FASTA file; lines are joined, case kept."""
-    path = Path(path)
-    name: str | None = None
-    chunks: list[str] = []
-    with open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line or line.startswith(";"):
-                continue
-            if line.startswith(">"):
-                if name is not None:
-                    yield name, "".join(chunks)
-                name, chunks = (line[1:].split() or [f"record{number}"])[0], []
-            elif name is None:
-                raise ValueError(f"{path}:{number}: sequence before the first '>' header; not a FASTA file?")
-            else:
-                chunks.append(line)
-    if name is not None:
-        yield name, "".join(chunks)
+def read_fasta_records(path: str | Path) -> Iterator[Record]:
+    """Stream (name, sequence) records of a plain, gzip or bgzip FASTA (`hyenadna.files.read_fasta`)."""
+    for name, seq, _ in read_fasta(path):
+        yield name, seq
 
 
 def read_csv_sequences(path: str | Path, seq_column: str = "sequence", id_column: str | None = None) -> Iterator[Record]:
-    """Stream records of a CSV/TSV (delimiter sniffed from the header) with a sequence column."""
+    """Stream records of a CSV/TSV (`hyenadna.files.table_delimiter`) with a sequence column."""
     path = Path(path)
     with open_text(path) as f:
         header = f.readline()
-        delimiter = "\t" if header.count("\t") > header.count(",") else ","
+        delimiter = table_delimiter(path, header)
         cols = next(csv.reader([header], delimiter=delimiter), [])
         if seq_column not in cols:
             raise ValueError(f"{path}: no column {seq_column!r} in the header {cols}")
@@ -93,31 +87,14 @@ def read_bed_sequences(bed: str | Path, fasta: str | Path) -> Iterator[Record]:
     """
     from hyenadna.genome import Genome
 
-    bed = Path(bed)
     genome = Genome(fasta)
-    with open_text(bed) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) < 3:
-                cols = line.split()
-            where = f"{bed}:{number}"
-            if len(cols) < 3:
-                raise ValueError(f"{where}: expected at least 3 columns (chrom, start, end), got {line.strip()!r}")
-            try:
-                start, end = int(cols[1]), int(cols[2])
-            except ValueError:
-                raise ValueError(f"{where}: start and end must be integers, got {cols[1]!r}, {cols[2]!r}") from None
-            if not 0 <= start < end:
-                raise ValueError(f"{where}: need 0 <= start < end, got {start}, {end}")
-            try:
-                seq = genome.fetch(cols[0], start, end, strand=cols[5] if len(cols) >= 6 else "+")
-            except ValueError as err:
-                raise ValueError(f"{where}: {err}") from None
-            yield (cols[3] if len(cols) >= 4 and cols[3] else f"{cols[0]}:{start}-{end}"), seq
-
-
+    for row in read_bed_rows(bed):
+        cols = row.columns
+        try:
+            seq = genome.fetch(row.chrom, row.start, row.end, strand=cols[5] if len(cols) >= 6 else "+")
+        except ValueError as err:
+            raise ValueError(f"{row.where}: {err}") from None
+        yield (cols[3] if len(cols) >= 4 and cols[3] else f"{row.chrom}:{row.start}-{row.end}"), seq
 
 
 def guess_format(path: str | Path) -> str | None:
@@ -138,7 +115,7 @@ def open_records(path: str | Path, fmt: str | None = None, *, fasta: str | Path 
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     if fmt == "fasta":
-        return lambda: read_fasta(path)
+        return lambda: read_fasta_records(path)
     if fmt == "csv":
         return lambda: read_csv_sequences(path, seq_column, id_column)
     if fmt == "bed":
@@ -283,7 +260,7 @@ def embed_outputs(output: str | Path, pooling: Pooling = "mean") -> list[Path]:
                 raise ValueError(f"{path} is a folder; the embeddings need a file there")
         return paths
     if output.exists() and not output.is_dir():
-        raise ValueError(f"{output} is a file, not a folder for .pt shards (name a .npy file for one array)")
+        raise ValueError(f"{output} is a file, not a folder for shards (name a .npy file for one array)")
     if output.is_dir():
         held = sorted(p.name for p in output.iterdir())
         if held:
@@ -314,13 +291,17 @@ def _open_npy(path: Path, shape: tuple[int, ...], dtype: type, name: Path) -> np
 
 def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[[], Iterable[Record]],
                   output: str | Path, pooling: Pooling = "mean", batch_size: int = 16,
-                  precision: Precision = "fp32", shard_size: int = 4096, progress: bool = True) -> EmbeddingSummary:
+                  precision: Precision = "fp32", shard_size: int = 4096, progress: bool = True,
+                  shard_format: Literal["pt", "safetensors"] = "pt") -> EmbeddingSummary:
     """Embed every record of `records()` and stream the results to disk.
 
     ``output`` ending in ``.npy``: one memory-mapped array, (N, D) pooled or (N, L_max_in, D)
     per position with ``<stem>.mask.npy`` (N, L) marking real positions; names in
-    ``<stem>.ids.txt``. Any other ``output`` is a new or empty directory of ``.pt`` shards of
-    `shard_size` records, each ``{"ids", "embeddings", "attention_mask" (per position only)}``.
+    ``<stem>.ids.txt``. Any other ``output`` is a new or empty directory of shards of exactly
+    `shard_size` records each (the last one may hold fewer), padded per position to the shard's
+    longest record: ``.pt`` files ``{"ids", "embeddings", "attention_mask" (per position only)}``,
+    or with ``shard_format="safetensors"`` ``.safetensors`` files holding the same tensors and the
+    names as a uint8 tensor ``ids`` (`load_embedding_shard`; no torch needed to read them).
     The input is read twice: once to check it and size the output, once to embed it. Everything
     is written under temporary sibling names and renamed into place at the end, so a failure
     leaves the previous outputs (or none) as they were.
@@ -329,6 +310,8 @@ def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be a number of records >= 1, got {shard_size}")
+    if shard_format not in ("pt", "safetensors"):
+        raise ValueError(f"shard_format must be 'pt' or 'safetensors', got {shard_format!r}")
     output = Path(output)
     targets = embed_outputs(output, pooling)
     backbone = _backbone(model)
@@ -365,42 +348,91 @@ def embed_to_file(model: nn.Module, tokenizer: CharTokenizer, records: Callable[
                 tmps[-1].write_text("".join(name + "\n" for name in names))
         summary.files.extend(targets)
         return summary
+    if shard_format == "safetensors":
+        bad = next((i for i, name in enumerate(names) if "\n" in name), None)
+        if bad is not None:
+            raise ValueError(f"record {bad} ({names[bad]!r}): a name with a newline cannot be stored in a "
+                             "safetensors shard's newline-separated ids")
     pending: list[tuple[list[str], Tensor, Tensor]] = []
     count = 0
     with atomic_outputs([output]) as [folder]:
         folder.mkdir()
 
-        def flush() -> None:
-            nonlocal pending, count
-            if not pending:
-                return
-            ids_list = [name for names_b, _, _ in pending for name in names_b]
+        def write_shard(part: list[tuple[list[str], Tensor, Tensor]]) -> None:
+            ids_list = [name for names_b, _, _ in part for name in names_b]
+            msk = None
             if pooling == "none":
-                width = max(h.shape[1] for _, h, _ in pending)
-                emb = torch.cat([F.pad(h, (0, 0, 0, width - h.shape[1])) for _, h, _ in pending])
-                msk = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, _, m in pending])
-                payload = {"ids": ids_list, "embeddings": emb, "attention_mask": msk}
+                width = max(int(m.sum(1).max()) for _, _, m in part)  # the longest record of this shard
+                emb = torch.cat([F.pad(h, (0, 0, 0, max(width - h.shape[1], 0)))[:, :width] for _, h, _ in part])
+                msk = torch.cat([F.pad(m, (0, max(width - m.shape[1], 0)))[:, :width] for _, _, m in part])
             else:
-                payload = {"ids": ids_list, "embeddings": torch.cat([h for _, h, _ in pending])}
-            name = f"shard-{len(summary.files):05d}.pt"
-            # torch.save into a file turns a failed write (full disk) into an opaque RuntimeError
-            # ('unexpected pos ...'); serialised in memory first, the write raises a plain OSError.
-            blob = io.BytesIO()
-            torch.save(payload, blob)
+                emb = torch.cat([h for _, h, _ in part])
+            name = f"shard-{len(summary.files):05d}.{shard_format}"
+            if shard_format == "safetensors":
+                blob = _safetensors_shard(ids_list, emb, msk, pooling)
+            else:
+                # torch.save into a file turns a failed write (full disk) into an opaque RuntimeError
+                # ('unexpected pos ...'); serialised in memory first, the write raises a plain OSError.
+                buffer = io.BytesIO()
+                payload = {"ids": ids_list, "embeddings": emb, **({"attention_mask": msk} if msk is not None else {})}
+                torch.save(payload, buffer)
+                blob = buffer.getvalue()
             with naming_os_errors(output / name), open(folder / name, "wb") as f:
-                f.write(blob.getbuffer())
+                f.write(blob)
             summary.files.append(output / name)
-            pending, count = [], 0
 
         for batch in batches:
             ids, mask = _encode(tokenizer, [s for _, s in batch], device)
             vec = pool(hidden_states(model, ids, precision), mask, pooling).cpu()
             pending.append(([name for name, _ in batch], vec, mask.cpu().bool()))
             count += len(batch)
-            if count >= shard_size:
-                flush()
-        flush()
+            while count >= shard_size:  # exactly shard_size records per shard; a batch may span two
+                part, pending = _split_records(pending, shard_size)
+                write_shard(part)
+                count -= shard_size
+        if count:
+            write_shard(pending)
     return summary
+
+
+def _split_records(pending: list[tuple[list[str], Tensor, Tensor]],
+                   n: int) -> tuple[list[tuple[list[str], Tensor, Tensor]], list[tuple[list[str], Tensor, Tensor]]]:
+    """The first `n` records of the batches in `pending`, and the rest."""
+    taken, rest = [], []
+    for names, h, m in pending:
+        k = min(max(n, 0), len(names))
+        if k:
+            taken.append((names[:k], h[:k], m[:k]))
+        if k < len(names):
+            rest.append((names[k:], h[k:], m[k:]))
+        n -= k
+    return taken, rest
+
+
+# A safetensors shard holds the tensors and the record names together, readable without torch.
+SHARD_IDS_KEY = "ids"  # uint8 tensor: the UTF-8 of the record names joined by "\n"
+
+
+def _safetensors_shard(ids: list[str], emb: Tensor, mask: Tensor | None, pooling: str) -> bytes:
+    from safetensors.numpy import save
+
+    tensors = {"embeddings": emb.numpy(), SHARD_IDS_KEY: np.frombuffer("\n".join(ids).encode(), dtype=np.uint8)}
+    if mask is not None:
+        tensors["attention_mask"] = mask.numpy()
+    return save(tensors, metadata={"format": "hyenadna-embeddings", "pooling": pooling, "records": str(len(ids)),
+                                   "ids": "uint8 tensor 'ids': UTF-8 record names joined by newlines"})
+
+
+def load_embedding_shard(path: str | Path) -> dict[str, Any]:
+    """A ``.safetensors`` shard of `embed_to_file` as numpy: ``ids`` (list of str), ``embeddings``
+    (N, D) or (N, L, D) and, per position, ``attention_mask`` (N, L). Needs safetensors and numpy
+    only (no torch): ``safetensors.numpy.load_file(path)`` gives the same arrays, with the ids as
+    the uint8 tensor ``ids`` (``bytes(t).decode().split("\\n")``)."""
+    from safetensors.numpy import load_file
+
+    tensors: dict[str, Any] = dict(load_file(str(path)))
+    tensors["ids"] = tensors.pop(SHARD_IDS_KEY).tobytes().decode("utf-8").split("\n")
+    return tensors
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,7 +493,7 @@ def score_sequences(model: nn.Module, tokenizer: CharTokenizer, records: Iterabl
 
 @dataclass(frozen=True)
 class Variant:
-    """One SNV from a VCF line (POS is 1-based, as in the VCF)."""
+    """One SNV from a VCF line (POS is 1-based, as in the VCF); `line` is 0 when read by a region query."""
 
     chrom: str
     pos: int
@@ -496,50 +528,197 @@ class VepResult:
 _BASES = set("ACGT")
 
 
-def read_vcf(path: str | Path) -> Iterator[tuple[Variant | None, int, str | None]]:
-    """Stream (variant, line, skip reason) per ALT allele; reason is None for a usable SNV."""
-    path = Path(path)
-    with open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.startswith("#") or not line.strip():
-                continue
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) < 5:
-                yield None, number, f"malformed: {len(cols)} columns, need CHROM POS ID REF ALT"
-                continue
-            chrom, pos_text, vid, ref, alts = cols[:5]
-            try:
-                pos = int(pos_text)
-            except ValueError:
-                yield None, number, f"malformed: POS {pos_text!r} is not an integer"
-                continue
-            for alt in alts.split(","):
-                v = Variant(chrom, pos, vid, ref.upper(), alt.upper(), number)
-                if len(v.ref) != 1 or len(v.alt) != 1 or v.ref not in _BASES or v.alt not in _BASES:
-                    yield v, number, f"not an SNV: REF={ref} ALT={alt}"
-                elif v.ref == v.alt:
-                    yield v, number, "not an SNV: ALT equals REF"
-                else:
-                    yield v, number, None
+class ReferenceMismatchError(ValueError):
+    """A VCF header's ``##contig`` length differs from that sequence's length in the FASTA."""
+
+
+def parse_region(text: str) -> tuple[str, int | None, int | None]:
+    """``CHROM``, ``CHROM:START`` or ``CHROM:START-END`` (1-based, inclusive, as tabix and samtools
+    take it; commas allowed) -> (chrom, start, end), None where open."""
+    chrom, _, span = text.strip().rpartition(":") if ":" in text else (text.strip(), "", "")
+    try:
+        first, _, last = span.replace(",", "").partition("-")
+        start = int(first) if first else None
+        end = int(last) if last else None
+    except ValueError:
+        start = end = -1
+    if not chrom or (start is not None and start < 1) or (end is not None and (end < 1 or (start or 1) > end)):
+        raise ValueError(f"region {text!r}: expected CHROM, CHROM:START or CHROM:START-END (1-based, inclusive, "
+                         "START <= END)")
+    return chrom, start, end
+
+
+def _alleles(chrom: str, pos: int, vid: str, ref: str, alts: Sequence[str], filters: list[str], number: int,
+             pass_only: bool) -> Iterator[tuple[Variant | None, int, str | None]]:
+    """(variant, line, skip reason) per ALT allele of one VCF record; reason None for a usable SNV."""
+    for alt in alts:
+        v = Variant(chrom, pos, vid, ref.upper(), alt.upper(), number)
+        if pass_only and filters != ["PASS"]:
+            yield v, number, f"filtered: FILTER={';'.join(filters) or '.'} (--pass-only keeps PASS only)"
+        elif len(v.ref) != 1 or len(v.alt) != 1 or v.ref not in _BASES or v.alt not in _BASES:
+            yield v, number, f"not an SNV: REF={ref} ALT={alt}"
+        elif v.ref == v.alt:
+            yield v, number, "not an SNV: ALT equals REF"
+        else:
+            yield v, number, None
+
+
+_CONTIG_LINE = re.compile(r"^##contig=<(?=.*\bID=([^,>]+))(?:(?=.*\blength=(\d+)))?")
+
+
+class VcfReader:
+    """The records of a VCF as (variant, line, skip reason) per ALT allele, through htslib.
+
+    `pysam.VariantFile` (htslib, the reference VCF/BCF and tabix implementation) reads the file:
+    header, FILTER, ``##contig`` lengths (`contigs`) and, for a bgzipped VCF with a ``.tbi`` /
+    ``.csi`` index, a `region` (`parse_region`). Where pysam is not installed or htslib refuses the
+    file (a VCF without a full ``#CHROM ... INFO`` header line, headerless, plain gzip) a line reader
+    of the first five (and FILTER) columns takes over; it cannot query a region. `pass_only` skips,
+    with a reason, records whose FILTER is not PASS. ``line`` is the record's line in the file (0
+    for a region query, where htslib jumps through the index).
+    """
+
+    def __init__(self, path: str | Path, region: str | None = None, pass_only: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"VCF file not found: {self.path}")
+        self.region = None if region is None else parse_region(region)
+        self.pass_only = pass_only
+        self._vf, refused = self._open_htslib()
+        if self._vf is None and self.region is not None:
+            raise ValueError(f"{self.path}: a region query needs a bgzipped VCF with a tabix index that htslib "
+                             f"reads, and {refused}")
+        if self._vf is not None and self.region is not None and self._vf.index is None:
+            raise ValueError(f"{self.path} has no tabix index ({self.path.name}.tbi or .csi) for the region query "
+                             f"{region!r}: bgzip the VCF and index it (`tabix -p vcf {self.path.name}`)")
+        self.contigs: dict[str, int | None] = self._contigs()
+
+    def _open_htslib(self):  # type: ignore[no-untyped-def]
+        try:
+            import pysam
+        except ImportError:
+            return None, "pysam is not installed"
+        previous = pysam.set_verbosity(0)  # htslib's own stderr lines; the refusal is reported here
+        try:
+            return pysam.VariantFile(str(self.path)), ""
+        except Exception as err:  # noqa: BLE001 - htslib raises ValueError/OSError/NotImplementedError
+            return None, f"htslib refuses this one ({err})"
+        finally:
+            pysam.set_verbosity(previous)
+
+    @property
+    def uses_htslib(self) -> bool:
+        """True when htslib reads the file, False for the line reader."""
+        return self._vf is not None
+
+    def _contigs(self) -> dict[str, int | None]:
+        if self._vf is not None:
+            return {name: c.length for name, c in self._vf.header.contigs.items()}
+        contigs: dict[str, int | None] = {}
+        with open_text(self.path) as f:
+            for line in f:
+                if not line.startswith("##"):
+                    break
+                if m := _CONTIG_LINE.match(line):
+                    contigs[m.group(1)] = int(m.group(2)) if m.group(2) else None
+        return contigs
+
+    def _header_lines(self) -> int:
+        with open_text(self.path) as f:
+            return sum(1 for _ in itertools.takewhile(lambda line: line.startswith("#"), f))
+
+    def __iter__(self) -> Iterator[tuple[Variant | None, int, str | None]]:
+        if self._vf is None:
+            yield from self._read_text()
+            return
+        import pysam
+
+        vf = self._vf
+        if self.region is not None:
+            chrom, start, end = self.region
+            if chrom not in vf.header.contigs:
+                raise ValueError(f"{self.path}: region {chrom!r} is not a chromosome of this VCF "
+                                 f"(its header has {', '.join(list(vf.header.contigs)[:8]) or 'no ##contig'})")
+            records, number = vf.fetch(chrom, None if start is None else start - 1, end), None
+        else:
+            records, number = iter(vf), self._header_lines()
+        previous = pysam.set_verbosity(0)
+        try:
+            while True:
+                try:
+                    rec = next(records)
+                except StopIteration:
+                    break
+                except (OSError, ValueError) as err:
+                    where = f"{self.path}:{number + 1}" if number is not None else f"{self.path} (region {self.region})"
+                    raise ValueError(f"{where}: htslib cannot read this record ({err}); fix or remove it") from None
+                if number is not None:
+                    number += 1
+                yield from _alleles(rec.chrom, rec.pos, rec.id or ".", rec.ref or "", rec.alts or (".",),
+                                    list(rec.filter.keys()), number or 0, self.pass_only)
+        finally:
+            pysam.set_verbosity(previous)
+            vf.close()
+
+    def _read_text(self) -> Iterator[tuple[Variant | None, int, str | None]]:
+        with open_text(self.path) as f:
+            for number, line in enumerate(f, start=1):
+                if line.startswith("#") or not line.strip():
+                    continue
+                cols = line.rstrip("\r\n").split("\t")
+                if len(cols) < 5:
+                    yield None, number, f"malformed: {len(cols)} columns, need CHROM POS ID REF ALT"
+                    continue
+                chrom, pos_text, vid, ref, alts = cols[:5]
+                try:
+                    pos = int(pos_text)
+                except ValueError:
+                    yield None, number, f"malformed: POS {pos_text!r} is not an integer"
+                    continue
+                flt = cols[6].strip() if len(cols) > 6 else "."
+                filters = [] if flt in ("", ".") else flt.split(";")
+                yield from _alleles(chrom, pos, vid, ref, alts.split(","), filters, number, self.pass_only)
+
+
+def read_vcf(path: str | Path, region: str | None = None,
+             pass_only: bool = False) -> Iterator[tuple[Variant | None, int, str | None]]:
+    """Stream (variant, line, skip reason) per ALT allele; reason is None for a usable SNV (`VcfReader`)."""
+    return iter(VcfReader(path, region=region, pass_only=pass_only))
+
+
+def check_vcf_contigs(reader: VcfReader, chrom_lengths: dict[str, int], fasta: str | Path) -> None:
+    """Raise `ReferenceMismatchError` when a ``##contig`` length of the VCF differs from the FASTA's."""
+    for name, length in reader.contigs.items():
+        have = chrom_lengths.get(name)
+        if length is not None and have is not None and have != length:
+            raise ReferenceMismatchError(
+                f"{reader.path}: its header says ##contig=<ID={name},length={length}> but {name} has {have} bases "
+                f"in FASTA {fasta}: the VCF was called against another reference; give the FASTA it was called on")
 
 
 def variant_effects(model: nn.Module, tokenizer: CharTokenizer, vcf: str | Path, fasta: str | Path,
                     window: int = 1024, reverse_complement: bool = False, batch_size: int = 16,
-                    precision: Precision = "fp32", progress: bool = False) -> VepResult:
+                    precision: Precision = "fp32", progress: bool = False, region: str | None = None,
+                    pass_only: bool = False) -> VepResult:
     """Score every SNV of `vcf` against `fasta` by the LLR over a window centred on it.
 
     The window holds `window` reference bases [pos0 - window//2, pos0 - window//2 + window);
     the alt window differs at one base. Only bases from the variant onwards differ in
     likelihood (the model is causal), so the sum runs over those. With `reverse_complement`
     the LLR is the mean of both strands. REF mismatches, non-SNVs, unknown chromosomes and
-    windows that would cross a chromosome end are skipped and reported, never dropped silently.
+    windows that would cross a chromosome end are skipped and reported, never dropped silently;
+    so are non-PASS records with `pass_only`. `region` (``chr1:1000-2000``, 1-based inclusive) reads
+    only that range of a tabix-indexed VCF. A ``##contig`` length that differs from the FASTA's is a
+    `ReferenceMismatchError` before any scoring.
     """
     from hyenadna.genome import Genome
 
     lm = _lm(model).eval()
     if not 2 <= window <= lm.config.l_max:
         raise ValueError(f"window must be in [2, l_max={lm.config.l_max}], got {window}")
+    reader = VcfReader(vcf, region=region, pass_only=pass_only)
     genome = Genome(fasta)
+    check_vcf_contigs(reader, genome.chrom_lengths, fasta)
     device = _device_of(lm)
     half = window // 2
     result = VepResult([], [])
@@ -547,7 +726,7 @@ def variant_effects(model: nn.Module, tokenizer: CharTokenizer, vcf: str | Path,
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="variants", unit="variant", disable=not progress, dynamic_ncols=True)
-    for v, line, reason in read_vcf(vcf):
+    for v, line, reason in reader:
         if reason is not None:
             result.skipped.append((v, line, reason))
             continue
@@ -623,7 +802,7 @@ def _write_skipped(f: TextIO, result: VepResult) -> None:
     f.write("vcf_line\tchrom\tpos\tid\tref\talt\treason\n")
     for v, line, reason in result.skipped:
         cols = [v.chrom, str(v.pos), v.id, v.ref, v.alt] if v else [""] * 5
-        f.write("\t".join([str(line), *cols, reason]) + "\n")
+        f.write("\t".join([str(line) if line else "", *cols, reason]) + "\n")
 
 
 def write_vep_tsv(result: VepResult, path: str | Path) -> Path:

@@ -32,8 +32,9 @@ from hyenadna.run import (
     build_loggers,
     check_checkpoint_dirs,
     check_optimizer,
+    metrics_csv,
     prepare_resumed_metrics,
-    save_config,
+    record_run_config,
     start_run,
     use_atomic_checkpoints,
 )
@@ -163,7 +164,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         if cfg.ckpt_path and (note := prepare_resumed_metrics(out, cfg.ckpt_path)):
             print(note)
-        save_config(cfg, out, resolve=True)
+        record_run_config(cfg, out, trainer.loggers)
         print(f"model: {count_parameters(module.model):,} parameters ({config.d_model=}, {config.n_layer=}, "
               f"{config.l_max=}); output folder: {out}")
 
@@ -190,11 +191,10 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:
         return result
 
-    metrics_csv = next((Path(lg.log_dir) / "metrics.csv" for lg in trainer.loggers
-                        if isinstance(lg, pl.loggers.CSVLogger)), None)
-    if metrics_csv is not None and metrics_csv.is_file():
-        plot_losses(metrics_csv, out / "loss_curves.png")
-        result["metrics_csv"], result["plot"] = str(metrics_csv), str(out / "loss_curves.png")
+    csv_path = metrics_csv(trainer)
+    if csv_path is not None and csv_path.is_file():
+        plot_losses(csv_path, out / "loss_curves.png")
+        result["metrics_csv"], result["plot"] = str(csv_path), str(out / "loss_curves.png")
 
     orders = list(cfg.baseline.markov_orders) if cfg.get("baseline") else []
     if orders:

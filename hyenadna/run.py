@@ -167,6 +167,49 @@ def _startup_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
+# Folders `prepare_output_dir` created in this process (the outermost new one of each path); a run
+# that fails before writing anything into its folder leaves none of them behind (`run_and_report`).
+_created_run_dirs: list[Path] = []
+
+
+def holds_no_results(folder: Path) -> bool:
+    """True when `folder` holds nothing but Hydra's bookkeeping (``.hydra/``, the job's ``.log``)
+    and empty folders: what a run that failed before writing anything leaves."""
+    for root, dirs, files in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        if rel.parts[:1] == (".hydra",):
+            continue
+        if any(Path(root, d).is_symlink() for d in dirs):
+            return False
+        if any(not (rel == Path(".") and f.endswith(".log") and Path(root, f).is_file()) for f in files):
+            return False
+    return True
+
+
+def _discard_unused_run_folders() -> None:
+    """Remove the folders this run created (Hydra's timestamped one, new output folders) that hold no
+    result: a failed start leaves no empty ``outputs/<name>/<time>/`` behind. Never the working
+    folder or one above it."""
+    folders = list(_created_run_dirs)
+    _created_run_dirs.clear()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            folders.append(Path(HydraConfig.get().runtime.output_dir))
+    except Exception:  # noqa: BLE001 - no Hydra run: nothing of Hydra's to remove
+        pass
+    cwd = Path.cwd().resolve()
+    for folder in dict.fromkeys(folders):
+        if not folder.is_dir() or folder.is_symlink() or _inside(cwd, folder) or not holds_no_results(folder):
+            continue
+        for handler in list(logging.getLogger().handlers):  # Hydra's job log lies in it: stop writing there
+            if isinstance(handler, logging.FileHandler) and _inside(Path(handler.baseFilename), folder):
+                handler.close()
+                logging.getLogger().removeHandler(handler)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def prepare_output_dir(path: str | os.PathLike[str], resume_from: str | os.PathLike[str] | None = None) -> Path:
     """Create the output folder and prove it is writable; refuse one that holds another run.
 
@@ -187,7 +230,11 @@ def prepare_output_dir(path: str | os.PathLike[str], resume_from: str | os.PathL
         raise FileExistsError(f"output_dir {out} already holds a run ({', '.join(previous)}) and would be "
                               f"overwritten: {how}, or choose a new output_dir")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if not out.exists():
+            created = next((p for p in [out, *out.parents] if p.exists()), None)
+            top = out if created is None else next(p for p in [out, *out.parents] if p.parent == created)
+            out.mkdir(parents=True, exist_ok=True)
+            _created_run_dirs.append(top)  # run_and_report removes it again if the run fails before writing to it
         probe = out / f".write_test_{uuid.uuid4().hex}"
         probe.write_text("ok")
         probe.unlink()
@@ -526,6 +573,24 @@ def build_loggers(cfg: DictConfig, out: Path) -> list[pl.loggers.Logger]:
     return loggers
 
 
+def record_run_config(cfg: DictConfig, out: Path, loggers: list[pl.loggers.Logger]) -> None:
+    """What train.py and finetune.py both record at the start of a run (rank 0): the resolved
+    config as ``<out>/config.yaml`` (`save_config`), and the same resolved config as the run
+    config of every logger but the CSV one (wandb's config panel, TensorBoard's hparams), whose
+    record is that config.yaml beside its metrics.csv."""
+    save_config(cfg, out, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        if not isinstance(logger, pl.loggers.CSVLogger):
+            logger.log_hyperparams(resolved)
+
+
+def metrics_csv(trainer: pl.Trainer) -> Path | None:
+    """The metrics.csv the run's CSV logger writes (``<output_dir>/metrics.csv``), if it has one."""
+    return next((Path(lg.log_dir) / "metrics.csv" for lg in trainer.loggers
+                 if isinstance(lg, pl.loggers.CSVLogger)), None)
+
+
 def start_run(cfg: DictConfig, known_keys: frozenset[str], resume_from: str | None = None) -> Path:
     """Checks shared by train.py and finetune.py before any work: top-level keys, `_target_`s, the
     true/false switches, the output folder (`prepare_output_dir`); then threads, memory settings
@@ -581,10 +646,18 @@ def run_and_report(fit: Callable[[DictConfig], Any], cfg: DictConfig, prog: str)
     """Call `fit(cfg)` for an entry point, with each Lightning log line printed once
     (`log_lightning_once`): a user error becomes one line on stderr and exit status 1, an
     interrupted run exits 128 + signal after saying how to resume (HYDRA_FULL_ERROR=1 shows the
-    traceback instead)."""
+    traceback instead). A run that fails before writing anything leaves no folder behind
+    (`_discard_unused_run_folders`)."""
     log_lightning_once()
+    _created_run_dirs.clear()
     try:
-        return fit(cfg)
+        try:
+            return fit(cfg)
+        except BaseException:
+            _discard_unused_run_folders()  # only folders holding nothing (an interrupted run has its checkpoint)
+            raise
+        finally:
+            _created_run_dirs.clear()
     except RunInterrupted as err:
         print(f"{prog}: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hyenadna.files import open_text
+from hyenadna.files import read_bed_rows, read_fasta, table_delimiter
 from hyenadna.tokenizer import CharTokenizer
 
 TaskFormat = Literal["auto", "genomic_benchmarks", "table", "fasta", "bed"]
@@ -132,9 +132,10 @@ def read_genomic_benchmarks_split(root: Path) -> list[Record]:
 
 
 def read_table_split(path: Path, sequence_column: str, label_columns: list[str]) -> list[Record]:
-    """A CSV/TSV file with a header; the delimiter follows the extension."""
-    delimiter = "\t" if path.suffix == ".tsv" else ","
+    """A CSV/TSV file with a header (delimiter: `hyenadna.files.table_delimiter`)."""
     with open(path, encoding="utf-8", newline="") as f:
+        delimiter = table_delimiter(path, f.readline())
+        f.seek(0)
         reader = csv.DictReader(f, delimiter=delimiter)
         header = reader.fieldnames or []
         missing = [c for c in [sequence_column, *label_columns] if c not in header]
@@ -153,28 +154,16 @@ def read_table_split(path: Path, sequence_column: str, label_columns: list[str])
 
 
 def iter_fasta(path: Path) -> Iterator[tuple[str, str, int]]:
-    """(record name, sequence, header line number) of each FASTA record."""
-    name, chunks, line_no = None, [], 0
-    with open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if line.startswith(">"):
-                if name is not None:
-                    yield name, "".join(chunks), line_no
-                name, chunks, line_no = line[1:].split()[0] if line[1:].split() else "", [], number
-            elif line:
-                if name is None:
-                    raise ValueError(f"{path}:{number}: sequence before the first '>' header; is this FASTA?")
-                chunks.append(line)
-    if name is not None:
-        yield name, "".join(chunks), line_no
+    """(record name, sequence, header line number) of each FASTA record (`hyenadna.files.read_fasta`)."""
+    return read_fasta(path)
 
 
 def read_label_table(path: Path) -> dict[str, str]:
     """A two-column CSV/TSV (record name, label); a header row is optional."""
-    delimiter = "\t" if path.suffix == ".tsv" else ","
     table: dict[str, str] = {}
     with open(path, encoding="utf-8", newline="") as f:
+        delimiter = table_delimiter(path, f.readline())
+        f.seek(0)
         for line, row in enumerate(csv.reader(f, delimiter=delimiter), start=1):
             if not row or (line == 1 and [c.strip().lower() for c in row[:2]] == ["name", "label"]):
                 continue
@@ -215,24 +204,15 @@ def read_bed_split(path: Path, reference: Path, label_column: int) -> list[Recor
 
     genome = Genome(reference)
     records: list[Record] = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            where = f"{path}:{number}"
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) < max(3, label_column):
-                raise ValueError(f"{where}: expected at least {max(3, label_column)} tab-separated columns "
-                                 f"(chrom, start, end, ..., label in column {label_column}), got {len(cols)}")
-            try:
-                start, end = int(cols[1]), int(cols[2])
-            except ValueError:
-                raise ValueError(f"{where}: start and end must be integers, got {cols[1]!r} {cols[2]!r}") from None
-            try:
-                seq = genome.fetch(cols[0], start, end, strand=cols[5] if len(cols) >= 6 else "+")
-            except ValueError as err:
-                raise ValueError(f"{where}: {err}") from None
-            records.append((seq, (cols[label_column - 1].strip(),), where))
+    n = max(3, label_column)
+    expected = f"at least {n} tab-separated columns (chrom, start, end, ..., label in column {label_column})"
+    for row in read_bed_rows(path, n, expected):
+        cols = row.columns
+        try:
+            seq = genome.fetch(row.chrom, row.start, row.end, strand=cols[5] if len(cols) >= 6 else "+")
+        except ValueError as err:
+            raise ValueError(f"{row.where}: {err}") from None
+        records.append((seq, (cols[label_column - 1].strip(),), row.where))
     if not records:
         raise ValueError(f"BED file {path} has no intervals")
     return records

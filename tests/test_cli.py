@@ -62,6 +62,17 @@ def test_convert_reports_the_layout(release, tmp_path, capsys) -> None:
     assert json.loads((tmp_path / "y" / "config.json").read_text())["shift"] == 0.0
 
 
+def test_convert_makes_folders_with_the_users_umask(release, tmp_path) -> None:
+    """The model folder and its files get the permissions of a plain mkdir / open (not mkdtemp's 0o700)."""
+    old = os.umask(0o022)
+    try:
+        assert main(["convert", str(release[0]), str(tmp_path / "m")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()} == {0o644}
+
+
 def test_embed_score_and_generate(release, converted, tmp_path, capsys) -> None:
     rng = random.Random(0)
     recs = [(f"r{i}", "".join(rng.choice("ACGT") for _ in range(n))) for i, n in enumerate((50, 9, 120))]
@@ -70,6 +81,13 @@ def test_embed_score_and_generate(release, converted, tmp_path, capsys) -> None:
                  "--device", "cpu", "--batch-size", "2", "--no-progress"]) == 0
     expected = embed(release[1], CharTokenizer(), [s for _, s in recs])
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected.numpy(), atol=1e-5)
+    assert main(["embed", str(converted), str(tmp_path / "in.fa"), "-o", str(tmp_path / "st"), "--device", "cpu",
+                 "--batch-size", "2", "--shard-size", "2", "--shard-format", "safetensors", "--no-progress"]) == 0
+    from hyenadna.inference import load_embedding_shard
+
+    parts = [load_embedding_shard(p) for p in sorted((tmp_path / "st").iterdir())]
+    assert [p["ids"] for p in parts] == [["r0", "r1"], ["r2"]]
+    np.testing.assert_allclose(np.concatenate([p["embeddings"] for p in parts]), expected.numpy(), atol=1e-5)
     assert main(["score", str(release[0]), str(tmp_path / "in.fa"), "-o", str(tmp_path / "s.tsv"),
                  "--no-progress"]) == 0
     rows = [r.split("\t") for r in (tmp_path / "s.tsv").read_text().splitlines()]
@@ -107,6 +125,34 @@ def test_vep_writes_scores_and_reports_skips(converted, tmp_path, capsys) -> Non
     rows = (tmp_path / "vep.tsv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith(f"chr1\t200\tgood\t{chrom[199]}\t")
     assert rows[1].split("\t")[7] != ""  # reverse-strand LLR present with --rc
+
+
+def test_vep_region_and_pass_only_through_htslib(converted, tmp_path, capsys) -> None:
+    import pysam
+
+    rng = random.Random(2)
+    chrom = "".join(rng.choice("ACGT") for _ in range(600))
+    write_fasta(tmp_path / "ref.fa", [("chr1", chrom)])
+    alt = {"A": "C", "C": "G", "G": "T", "T": "A"}
+    header = ("##fileformat=VCFv4.2\n##contig=<ID=chr1,length=600>\n##FILTER=<ID=q10,Description=\"low\">\n"
+              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
+    body = "".join(f"chr1\t{p}\tv{p}\t{chrom[p - 1]}\t{alt[chrom[p - 1]]}\t.\t{'q10' if p == 300 else 'PASS'}\t.\n"
+                   for p in (100, 200, 300, 400, 500))
+    (tmp_path / "v.vcf").write_text(header + body)
+    vcf = pysam.tabix_index(str(tmp_path / "v.vcf"), preset="vcf", force=True, keep_original=True)
+    base = ["vep", str(converted), "--fasta", str(tmp_path / "ref.fa"), "--window", "128", "--no-progress"]
+    assert main([*base, "--vcf", vcf, "-o", str(tmp_path / "a.tsv"), "--region", "chr1:150-450", "--pass-only"]) == 0
+    assert "scored 2 of 3" in capsys.readouterr().out
+    assert [r.split("\t")[2] for r in (tmp_path / "a.tsv").read_text().splitlines()[1:]] == ["v200", "v400"]
+    skipped = (tmp_path / "a.skipped.tsv").read_text().splitlines()[1:]
+    assert len(skipped) == 1 and skipped[0].startswith("\tchr1\t300\tv300\t") and "filtered: FILTER=q10" in skipped[0]
+    assert main([*base, "--vcf", str(tmp_path / "v.vcf"), "-o", str(tmp_path / "b.tsv"), "--region", "chr1:1-9"]) == 1
+    assert capsys.readouterr().err.strip() == (f"hyenadna vep: error: {tmp_path}/v.vcf has no tabix index (v.vcf.tbi or "
+                                               ".csi) for the region query 'chr1:1-9': bgzip the VCF and index it "
+                                               "(`tabix -p vcf v.vcf`)")
+    assert main([*base, "--vcf", vcf, "-o", str(tmp_path / "b.tsv"), "--region", "chr1:9-1"]) == 1
+    assert capsys.readouterr().err.startswith("hyenadna vep: error: --region 'chr1:9-1': expected CHROM")
+    assert not (tmp_path / "b.tsv").exists()
 
 
 def test_errors_are_one_clear_line_with_status_1(release, converted, tmp_path, capsys) -> None:

@@ -98,3 +98,61 @@ def test_atomic_outputs_renames_files_and_a_folder_together_or_leaves_all_as_the
     assert arr.read_text() == "new array" and ids.read_text() == "a\n"
     assert [p.name for p in shards.iterdir()] == ["shard-00000.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.ids.txt", "e.npy", "shards"]
+
+
+# ------------------------------------------------------------------- the shared readers
+
+
+def test_read_fasta_reads_plain_gzip_and_bgzf_alike(tmp_path: Path) -> None:
+    import gzip
+
+    from hyenadna.files import read_fasta
+    from hyenadna.genome import write_bgzf
+    from hyenadna.inference import open_records
+    from hyenadna.tasks import iter_fasta
+
+    text = ";old-style comment\n>a desc\nACGT\nacgt\n\n>\nGG\n>c\nT\n"
+    expected = [("a", "ACGTacgt", 2), ("record6", "GG", 6), ("c", "T", 8)]
+    (tmp_path / "p.fa").write_text(text)
+    (tmp_path / "g.fa.gz").write_bytes(gzip.compress(text.encode()))
+    with write_bgzf(tmp_path / "b.fa.gz") as w:
+        w.write(text.encode())
+    for name in ("p.fa", "g.fa.gz", "b.fa.gz"):
+        assert list(read_fasta(tmp_path / name)) == expected, name
+        assert list(iter_fasta(tmp_path / name)) == expected  # tasks reads through it
+        assert list(open_records(tmp_path / name)()) == [r[:2] for r in expected]  # so does the CLI
+    (tmp_path / "bad.fa").write_text("ACGT\n>a\nA\n")
+    with pytest.raises(ValueError, match=r"bad.fa:1: sequence before the first '>' header"):
+        list(read_fasta(tmp_path / "bad.fa"))
+
+
+def test_read_bed_rows_checks_columns_and_coordinates_and_reads_gzip(tmp_path: Path) -> None:
+    import gzip
+
+    from hyenadna.files import read_bed_rows
+    from hyenadna.genome import read_bed
+
+    text = "track name=x\n# c\nchr1\t0\t10\ttrain\n\nchr2 5 9 valid\n"
+    (tmp_path / "a.bed.gz").write_bytes(gzip.compress(text.encode()))
+    rows = list(read_bed_rows(tmp_path / "a.bed.gz"))
+    assert [(r.chrom, r.start, r.end, r.where.rsplit(":", 1)[1]) for r in rows] == [("chr1", 0, 10, "3"),
+                                                                                    ("chr2", 5, 9, "5")]
+    assert [iv.split for iv in read_bed(tmp_path / "a.bed.gz")] == ["train", "valid"]
+    for line, message in (("chr1\t5", r"x.bed:1: expected at least 3 columns \(chrom, start, end\), got 2"),
+                          ("chr1\ta\t9", "x.bed:1: start and end must be integers, got 'a' and '9'"),
+                          ("chr1\t9\t9", "x.bed:1: need 0 <= start < end, got start=9 end=9")):
+        (tmp_path / "x.bed").write_text(line + "\n")
+        with pytest.raises(ValueError, match=message):
+            list(read_bed_rows(tmp_path / "x.bed"))
+
+
+@pytest.mark.parametrize(("name", "header", "expected"), [
+    ("t.csv", "sequence,label\n", ","), ("t.tsv", "sequence\tlabel\n", "\t"),
+    ("t.csv", "sequence\tlabel\n", "\t"),  # the header wins over the name
+    ("t.tsv", "sequence\n", "\t"), ("t.tsv.gz", "sequence\n", "\t"), ("t.csv", "sequence\n", ","),
+    ("t.txt", "a\tb,c\td\n", "\t"),
+])
+def test_table_delimiter(name: str, header: str, expected: str) -> None:
+    from hyenadna.files import table_delimiter
+
+    assert table_delimiter(name, header) == expected

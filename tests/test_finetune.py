@@ -6,10 +6,11 @@ import json
 import random
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hyenadna.finetune import REPO_ROOT, fit
 from hyenadna.run import check_targets
@@ -184,3 +185,67 @@ def test_quick_pretraining_keeps_the_finetuning_runs_settings(tmp_path: Path, mo
     assert pre.cpu_huge_pages is True and pre.cpu_keep_freed_memory is False
     assert pre.trainer.enable_progress_bar is (own_bar == "true")
     assert pre.output_dir == str(tmp_path / "pretrain")
+
+
+class RecordingWandb(pl.loggers.Logger):
+    """Stands in for lightning's WandbLogger (same config keys): records what the run logs to it."""
+
+    def __init__(self, project: str, name: str, save_dir: str, offline: bool = False) -> None:
+        super().__init__()
+        self.settings = {"project": project, "name": name, "save_dir": save_dir, "offline": offline}
+        self.configs: list[dict] = []
+        self.rows: list[dict] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:  # type: ignore[no-untyped-def, override]
+        self.configs.append(dict(params))
+
+    def log_metrics(self, metrics, step=None) -> None:  # type: ignore[no-untyped-def, override]
+        self.rows.append(dict(metrics))
+
+
+def test_train_and_finetune_log_alike_to_wandb_and_csv(tmp_path: Path, task_dir: Path, monkeypatch) -> None:
+    """logger=wandb: both runs give the wandb logger (built by run.build_loggers, offline without an
+    API key) the resolved config and their metrics, and write the resolved config.yaml and
+    metrics.csv into the output folder, as the README says."""
+    import lightning.pytorch.loggers
+
+    monkeypatch.setattr(lightning.pytorch.loggers, "WandbLogger", RecordingWandb)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    made: list[RecordingWandb] = []
+    original_init = RecordingWandb.__init__
+
+    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(RecordingWandb, "__init__", init)
+    pre_out, ft_out = tmp_path / "pre", tmp_path / "ft"
+    with initialize_config_dir(config_dir=TRAIN_CONFIGS, version_base="1.3"):
+        pre_cfg = compose(config_name="train", overrides=["experiment=smoke", f"output_dir={pre_out}", "logger=wandb",
+                                                          "baseline.markov_orders=[]"])
+    pre = pretrain_fit(pre_cfg)
+    ft = fit(finetune_cfg(f"pretrained={pre['last_checkpoint']}", "method=linear_probe", "task=table",
+                          f"task.data={task_dir}", "task.sequence_column=seq", "task.label_columns=y",
+                          "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=wandb",
+                          f"output_dir={ft_out}", "torch_threads=1", "method.lr=0.003"))
+    assert len(made) == 2
+    for run, out, result, metric in ((made[0], pre_out, pre, "val/ppl"), (made[1], ft_out, ft, "val/acc")):
+        assert run.settings["offline"] is True and run.settings["save_dir"] == str(out)
+        text = (out / "config.yaml").read_text()
+        assert "${" not in text  # resolved
+        config = next(c for c in run.configs if "output_dir" in c)
+        assert config == OmegaConf.to_container(OmegaConf.load(out / "config.yaml"))
+        assert config["output_dir"] == str(out) and config["logger"]["wandb"]["save_dir"] == str(out)
+        assert any(metric in row for row in run.rows)
+        assert result["metrics_csv"] == str(out / "metrics.csv")
+        with open(out / "metrics.csv") as f:
+            assert metric in f.readline().strip().split(",")
+    assert made[1].configs[-1]["optimizer"]["lr"] == 0.003  # ${method.lr}, resolved

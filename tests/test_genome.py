@@ -21,6 +21,7 @@ from hyenadna.genome import (
     read_bed,
     split_by_coordinates,
 )
+from hyenadna.genome import write_bgzf as open_bgzf
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -64,6 +65,32 @@ def test_bgzf_writer_is_valid_gzip_with_bgzf_blocks(tmp_path: Path) -> None:
     plain = tmp_path / "plain.gz"
     plain.write_bytes(gzip.compress(data))
     assert not is_bgzf(plain)
+
+
+def test_write_bgzf_is_read_by_biopython_and_htslib_and_is_atomic(tmp_path: Path) -> None:
+    """genome.write_bgzf (Biopython's writer) gives a file that Bio.bgzf, htslib (pysam: BGZF with its EOF
+    block, random access by a .fai/.gzi index) and gzip read back; a failed write leaves nothing."""
+    import pysam
+    from Bio import bgzf
+
+    seq = random_dna(5, 150_000)  # several 64 KiB blocks
+    path = tmp_path / "g.fa.gz"
+    with open_bgzf(path) as writer:
+        writer.write(fasta_text({"chr1": seq}).encode())
+    assert gzip.decompress(path.read_bytes()) == fasta_text({"chr1": seq}).encode()
+    text = fasta_text({"chr1": seq}).encode()
+    with bgzf.BgzfReader(str(path), "rb") as f:
+        assert f.read(len(text) + 1) == text
+    with open(path, "rb") as f:
+        blocks = list(bgzf.BgzfBlocks(f))  # (start, length, data start, data length) per block
+    assert len(blocks) >= 4 and blocks[-1][3] == 0  # the empty EOF marker block ends the file
+    with pysam.FastaFile(str(path)) as fa:  # htslib refuses plain gzip here: only BGZF opens
+        assert fa.fetch("chr1", 70_000, 70_100) == seq[70_000:70_100]
+    with pytest.raises(RuntimeError, match="half-way"):
+        with open_bgzf(tmp_path / "bad.fa.gz") as writer:
+            writer.write(b">x\nACGT\n")
+            raise RuntimeError("failed half-way")
+    assert not any(p.name.startswith((".bad", "bad")) for p in tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------- reading

@@ -117,6 +117,45 @@ def test_embed_to_file_npy_and_pt_shards_from_fasta_and_csv(lm, seqs, tmp_path) 
                                embed(lm, TOK, seqs, pooling="last"), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "none"])
+def test_safetensors_shards_hold_exactly_shard_size_records_with_their_ids(lm, seqs, tmp_path, pooling) -> None:
+    """--shard-size means records: 5 records, batches of 2, shards of 3 -> 3 + 2 (a batch spans two
+    shards); each .safetensors shard holds its ids next to the vectors and loads without torch."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+
+    from hyenadna.inference import load_embedding_shard
+
+    records = [(f"s{i} é", s) for i, s in enumerate(seqs)]  # a space and a non-ASCII letter survive
+    out = embed_to_file(lm, TOK, lambda: iter(records), tmp_path / "st", pooling=pooling, batch_size=2, shard_size=3,
+                        shard_format="safetensors", progress=False)
+    assert [p.name for p in out.files] == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    parts = [load_embedding_shard(p) for p in out.files]
+    assert [p["ids"] for p in parts] == [[n for n, _ in records[:3]], [n for n, _ in records[3:]]]
+    expected = embed(lm, TOK, seqs, pooling=pooling)
+    if pooling == "none":
+        hidden, mask = expected
+        for part, rows in zip(parts, (slice(0, 3), slice(3, 5))):
+            width = part["attention_mask"].shape[1]
+            assert width == max(len(s) for s in seqs[rows])  # padded to the shard's longest record
+            np.testing.assert_array_equal(part["attention_mask"], mask[rows, :width].numpy())
+            np.testing.assert_allclose(part["embeddings"], hidden[rows, :width].numpy(), atol=1e-5)
+    else:
+        np.testing.assert_allclose(np.concatenate([p["embeddings"] for p in parts]), expected.numpy(), atol=1e-5)
+    raw = load_file(str(out.files[1]))
+    assert bytes(raw["ids"]).decode().split("\n") == ["s3 é", "s4 é"]
+    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch fails
+            "from safetensors.numpy import load_file\n"
+            f"t = load_file({str(out.files[0])!r}); print(t['embeddings'].shape[0], bytes(t['ids']).decode())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[0].startswith("3 s0 é")
+    pt = embed_to_file(lm, TOK, lambda: iter(records), tmp_path / "pt", pooling=pooling, batch_size=2, shard_size=3,
+                       progress=False)
+    assert [len(torch.load(p, weights_only=True)["ids"]) for p in pt.files] == [3, 2]  # .pt shards count records too
+
+
 def test_embed_refuses_a_shard_folder_that_holds_files_and_a_shard_size_below_1(lm, seqs, tmp_path) -> None:
     write_fasta(tmp_path / "in.fa", [(f"s{i}", s) for i, s in enumerate(seqs)])
     shards = tmp_path / "shards"
@@ -362,3 +401,67 @@ def test_cached_decoder_equals_the_full_forward(order) -> None:
 def test_cached_and_uncached_generation_sample_the_same_tokens(lm) -> None:
     kw = dict(seed=5, num_samples=2, temperature=0.8, top_k=3)
     assert generate(lm, TOK, "ACGTTGCA", 40, **kw) == generate(lm, TOK, "ACGTTGCA", 40, use_cache=False, **kw)
+
+
+# ------------------------------------------------------------------------------- VCF through htslib
+
+
+VCF_HEADER = ("##fileformat=VCFv4.2\n##contig=<ID=chr1,length={n}>\n##FILTER=<ID=q10,Description=\"low quality\">\n"
+              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
+
+
+def _full_vcf(tmp_path, chrom: str, positions: list[int], filters: list[str], n: int | None = None):
+    other = {"A": "G", "C": "T", "G": "A", "T": "C"}
+    body = "".join(f"chr1\t{p}\tv{p}\t{chrom[p - 1]}\t{other[chrom[p - 1]]}\t.\t{f}\t.\n"
+                   for p, f in zip(positions, filters))
+    path = tmp_path / "full.vcf"
+    path.write_text(VCF_HEADER.format(n=n or len(chrom)) + body)
+    return path
+
+
+def test_a_full_vcf_is_read_by_htslib_with_filter_region_and_line_numbers(tmp_path) -> None:
+    import pysam
+
+    from hyenadna.inference import VcfReader
+
+    rng = random.Random(8)
+    chrom = rand_seq(400, rng)
+    positions = [100, 150, 200, 250, 300]
+    path = _full_vcf(tmp_path, chrom, positions, ["PASS", "q10", ".", "PASS", "PASS"])
+    reader = VcfReader(path)
+    assert reader.uses_htslib and reader.contigs == {"chr1": 400}
+    rows = list(reader)
+    assert [(v.pos, line, reason) for v, line, reason in rows] == [(p, 5 + i, None) for i, p in enumerate(positions)]
+    kept = {v.id: reason for v, _, reason in read_vcf(path, pass_only=True)}
+    assert kept == {"v100": None, "v150": "filtered: FILTER=q10 (--pass-only keeps PASS only)",
+                    "v200": "filtered: FILTER=. (--pass-only keeps PASS only)", "v250": None, "v300": None}
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} has no tabix index .* for the region query"):
+        VcfReader(path, region="chr1:120-260")
+    indexed = pysam.tabix_index(str(path), preset="vcf", force=True, keep_original=True)  # bgzip + .tbi
+    assert [v.pos for v, line, _ in read_vcf(indexed, region="chr1:150-250")] == [150, 200, 250]
+    assert [v.pos for v, _, _ in read_vcf(indexed, region="chr1:201")] == [250, 300]
+    with pytest.raises(ValueError, match="region 'chr2' is not a chromosome of this VCF"):
+        list(read_vcf(indexed, region="chr2"))
+    (tmp_path / "headerless.vcf").write_text(f"chr1\t100\t.\t{chrom[99]}\tN\n")
+    assert not VcfReader(tmp_path / "headerless.vcf").uses_htslib  # the line reader takes what htslib refuses
+    with pytest.raises(ValueError, match="headerless.vcf: a region query needs a bgzipped VCF .* htslib refuses"):
+        VcfReader(tmp_path / "headerless.vcf", region="chr1")
+    bad = path.read_text().replace("chr1\t200\t", "chr1\ttwo hundred\t")
+    (tmp_path / "bad.vcf").write_text(bad)
+    with pytest.raises(ValueError, match=r"bad.vcf:7: htslib cannot read this record"):
+        list(read_vcf(tmp_path / "bad.vcf"))
+
+
+def test_a_contig_length_that_differs_from_the_fasta_is_a_named_error(lm, tmp_path) -> None:
+    from hyenadna.inference import ReferenceMismatchError
+
+    rng = random.Random(9)
+    chrom = rand_seq(400, rng)
+    write_fasta(tmp_path / "ref.fa", [("chr1", chrom)])
+    vcf = _full_vcf(tmp_path, chrom, [200], ["PASS"], n=248_956_422)
+    with pytest.raises(ReferenceMismatchError, match=r"full.vcf: its header says ##contig=<ID=chr1,length=248956422> "
+                                                     r"but chr1 has 400 bases in FASTA .*ref.fa"):
+        variant_effects(lm, TOK, vcf, tmp_path / "ref.fa", window=100)
+    vcf = _full_vcf(tmp_path, chrom, [200, 201], ["PASS", "q10"])
+    res = variant_effects(lm, TOK, vcf, tmp_path / "ref.fa", window=100, pass_only=True)
+    assert [s.variant.id for s in res.scores] == ["v200"] and res.skip_counts() == {"filtered": 1}

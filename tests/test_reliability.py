@@ -280,6 +280,46 @@ def test_train_py_prints_one_line_for_a_bad_value(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "train.py: error: config `optimizer.lr` must be a number, got 'fast'"
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / ".hydra_run").exists()  # Hydra's run folder held only .hydra/ and train.log: removed
+    assert tmp_path.is_dir()  # the output folder was there before the run: kept
+
+
+def test_holds_no_results_sees_only_hydras_bookkeeping_as_empty(tmp_path: Path) -> None:
+    from hyenadna.run import holds_no_results
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("a: 1\n")
+    (tmp_path / "train.log").write_text("[..][lightning][INFO] - GPU available: False\n")
+    (tmp_path / "checkpoints").mkdir()
+    assert holds_no_results(tmp_path)
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert not holds_no_results(tmp_path)
+    (tmp_path / "checkpoints" / "last.ckpt").unlink()
+    (tmp_path / "notes.txt").write_text("the user's")
+    assert not holds_no_results(tmp_path)
+
+
+def test_a_finetuning_run_with_a_missing_file_leaves_no_empty_timestamped_folder(tmp_path: Path) -> None:
+    """Hydra's timestamped folder (it holds .hydra/ and finetune.log by the time the run starts) is
+    removed when the run fails before writing anything (train.py: the bad-value test above)."""
+    run = tmp_path / "outputs" / "finetune" / "2026-01-01_00-00-00"
+    proc = subprocess.run([sys.executable, str(ROOT / "finetune.py"), "experiment=ft_smoke", f"hydra.run.dir={run}",
+                           "pretrained=missing.ckpt"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == ("finetune.py: error: pretrained=missing.ckpt: no such checkpoint "
+                                                    "file or folder")
+    assert not run.exists() and run.parent.is_dir()
+
+
+def test_a_failed_start_removes_the_output_folders_it_made_and_keeps_the_others(tmp_path: Path, capsys) -> None:
+    new = tmp_path / "new" / "run"  # both new/ and new/run/ are made by the run, and removed again
+    with pytest.raises(SystemExit):
+        run_and_report(fit, make_cfg(new, "experiment=smoke", "optimizer.lr=fast"), "train.py")
+    assert "optimizer.lr" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # the user's folder stays, empty or not
+    with pytest.raises(SystemExit):
+        run_and_report(fit, make_cfg(tmp_path / "mine", "experiment=smoke", "optimizer.lr=fast"), "train.py")
+    assert (tmp_path / "mine").is_dir()
 
 
 # -- 6. no NaN passes as a finetuning result -----------------------------------------------------
