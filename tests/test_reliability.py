@@ -44,7 +44,7 @@ def train_cmd(out: Path, *overrides: str) -> list[str]:
             *overrides]
 
 
-def start_and_wait(cmd: list[str], out: Path, at_step: int, timeout: float = 120.0) -> subprocess.Popen:
+def start_and_wait(cmd: list[str], out: Path, at_step: int, timeout: float = 600.0) -> subprocess.Popen:
     """Start a training process and return once its metrics.csv holds a row of step >= at_step."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
