@@ -19,6 +19,7 @@ from hyenadna.ops.fftconv import (
 )
 from hyenadna.ops.hyena import hyena_operator_ref
 from hyenadna.ops.implicit_filter import ImplicitFilterFn, implicit_filter, implicit_filter_ref
+from hyenadna.ops.mlp import MlpFn, mlp, mlp_ref
 from hyenadna.ops.projection import (
     ProjectionFn,
     linear_channels_first,
@@ -29,9 +30,9 @@ from hyenadna.ops.projection import (
 from hyenadna.ops.shortconv import ShortConvFn, shortconv, shortconv_ref
 
 __all__ = [
-    "FFTConvFn", "GatedFFTConvFn", "ImplicitFilterFn", "ProjectionFn", "ShortConvFn",
+    "FFTConvFn", "GatedFFTConvFn", "ImplicitFilterFn", "MlpFn", "ProjectionFn", "ShortConvFn",
     "autocast_off", "causal_conv_direct", "fft_size", "fftconv", "fftconv_inference", "fftconv_ref",
     "gated_fftconv", "hooked", "hyena_operator_ref", "implicit_filter", "implicit_filter_ref", "linear_channels_first",
-    "linear_channels_first_ref", "linear_channels_last", "linear_channels_last_ref", "parseval_sum",
+    "linear_channels_first_ref", "linear_channels_last", "linear_channels_last_ref", "mlp", "mlp_ref", "parseval_sum",
     "shortconv", "shortconv_ref",
 ]
