@@ -140,6 +140,13 @@ class OfficialHyenaOperator(nn.Module):
         return self.out_proj(y)
 
 
+def official_operator_from(op: nn.Module, config: HyenaConfig) -> OfficialHyenaOperator:
+    """An official-structured copy of one of our `HyenaOperator`s (built from `config`), weights loaded strictly."""
+    official = OfficialHyenaOperator(config)
+    official.load_state_dict({k: v.detach().clone() for k, v in op.state_dict().items()}, strict=True)
+    return official
+
+
 class OfficialMlp(nn.Module):
     def __init__(self, d_model: int, d_inner: int) -> None:
         super().__init__()
