@@ -164,11 +164,13 @@ def _positive_env(name: str) -> int:
 def resolve_threads(setting: object) -> int | None:
     """The intra-op thread count for a `torch_threads` setting: None -> None (PyTorch's default);
     a positive integer -> itself; 'auto' -> this process's fair share of the cores: the cores in
-    its affinity mask over the jobs sharing them (HYENADNA_JOBS x LOCAL_WORLD_SIZE), at least 1."""
+    its affinity mask over the jobs sharing them (HYENADNA_JOBS x LOCAL_WORLD_SIZE), at least 1,
+    and at most OMP_NUM_THREADS where that is set (a choice made in the shell stands)."""
     if setting is None:
         return None
     if setting == "auto":
-        return max(1, available_cores() // (_positive_env(JOBS_ENV) * _positive_env("LOCAL_WORLD_SIZE")))
+        share = max(1, available_cores() // (_positive_env(JOBS_ENV) * _positive_env("LOCAL_WORLD_SIZE")))
+        return min(share, _positive_env("OMP_NUM_THREADS")) if os.environ.get("OMP_NUM_THREADS", "").strip() else share
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise ValueError(f"torch_threads must be a positive integer, 'auto' or null, got {setting!r}")
     return setting
