@@ -1,0 +1,36 @@
+"""fp32 matrix products on CPU through oneDNN where this PyTorch has it, else through torch.mm.
+
+PyTorch sends fp32 `mm`/`addmm`/`bmm` on CPU to its BLAS (MKL in the official wheels), and MKL
+picks its kernels by CPU vendor: on AMD processors it runs its AVX2 code even where the core has
+full-width AVX-512. oneDNN, also in every x86 wheel (`torch.ops.mkldnn._linear_pointwise`, the
+kernel inductor uses for frozen Linear layers), dispatches on the instruction set itself. It
+computes the same IEEE fp32 products (no reduced-precision math mode is set); only the blocking of
+the sums differs, so results agree with MKL's to fp32 rounding. On the AMD EPYC of
+benchmarks/README.md it is about twice as fast at one thread (216 vs 96 GFLOP/s on a 2048^2
+product; `python benchmarks/bench_gemm.py`).
+
+`matmul_nt(a, b, bias)` = a @ b^T (+ bias), the one form oneDNN's linear takes; a and b may be
+transposed views. `use_onednn` switches the route for the whole process (A/B comparisons, tests).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+use_onednn = _LINEAR is not None
+
+
+def onednn_available() -> bool:
+    """True where this PyTorch build has oneDNN's linear kernel (x86 and most ARM CPU builds)."""
+    return _LINEAR is not None
+
+
+def matmul_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """a (M, K) @ b (N, K)^T + bias (N,) -> a new (M, N) tensor. fp32 CPU operands go through
+    oneDNN when `use_onednn`; anything else (other dtypes and devices) through torch.mm/addmm."""
+    if (use_onednn and a.device.type == "cpu" and a.dtype == b.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32) and a.dim() == b.dim() == 2):
+        return _LINEAR(a, b, bias, "none", [], "")
+    return torch.mm(a, b.mT) if bias is None else torch.addmm(bias, a, b.mT)
