@@ -838,3 +838,48 @@ def test_model_mlp_takes_the_kernel_with_grad_and_the_modules_otherwise() -> Non
     handle.remove()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert block_mlp(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_onednn_products_equal_torch_mm_to_fp32_rounding(transposed: bool, monkeypatch) -> None:
+    """`ops.gemm.matmul_nt` (oneDNN where available) = a @ b^T + bias within the fp32 bound of a
+    K-term sum, on contiguous operands and on transposed views; other dtypes take torch.mm."""
+    from hyenadna.ops import gemm
+
+    torch.manual_seed(0)
+    k = 300
+    a = torch.randn(k, 70).mT if transposed else torch.randn(70, k)
+    b = torch.randn(k, 50).mT if transposed else torch.randn(50, k)
+    bias = torch.randn(50)
+    exact = a.double() @ b.double().mT + bias.double()
+    bound = gamma(k + 1) * (a.double().abs() @ b.double().abs().mT + bias.double().abs())
+    for on in (True, False):
+        monkeypatch.setattr(gemm, "use_onednn", on and gemm.onednn_available())
+        got = gemm.matmul_nt(a, b, bias)
+        assert got.shape == (70, 50) and got.dtype == torch.float32
+        assert bool(((got.double() - exact).abs() <= bound).all())
+    got64 = gemm.matmul_nt(a.double(), b.double(), bias.double())
+    torch.testing.assert_close(got64, exact, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_projections_and_mlp_agree_on_both_product_routes(batch: int, monkeypatch) -> None:
+    """Training steps of a small LM with the products through oneDNN and through torch.mm give
+    the same loss and gradients to fp32 rounding (one route is not a different model)."""
+    from hyenadna.ops import gemm
+
+    if not gemm.onednn_available():
+        pytest.skip("no oneDNN in this PyTorch")
+    torch.manual_seed(0)
+    model = HyenaDNAForCausalLM(HyenaConfig(d_model=16, n_layer=2, d_inner=64, l_max=70))
+    x = torch.randint(7, 11, (batch, 65))
+    out = []
+    for on in (True, False):
+        monkeypatch.setattr(gemm, "use_onednn", on)
+        torch.manual_seed(1)
+        model.zero_grad(set_to_none=True)
+        loss = model(x[:, :-1], targets=x[:, 1:]).loss
+        loss.backward()
+        out.append([loss.detach(), *(p.grad.clone() for p in model.parameters())])
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

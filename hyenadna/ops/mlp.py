@@ -2,14 +2,13 @@
 
     y = gelu_tanh(x W1^T + b1) W2^T + b2        x (..., D) -> (..., D), hidden width I
 
-The same products and GELU kernels as the modules through autograd, with two changes. The six
-products go through `hyenadna.ops.gemm.matmul_nt` (oneDNN on CPU: about twice MKL's fp32 speed
-on AMD processors, the same values to fp32 rounding). And where the (tokens, I) tensors live: they are the widest activations of a block (I = 4D), and
-from 16k tokens on (tiny model) each is 32 MB or more: the CPU allocator maps every one fresh and
-the kernel faults it in and zeroes it, every step, in the GEMM or GELU that first writes it. Here
-the pre-activation, the activation and the hidden gradient come from the kernels' buffer pool
-(`hyenadna.ops.buffers`), and the GELU's gradient is computed in place over the hidden gradient
-instead of into a fresh tensor.
+The same products and GELU kernels as the modules through autograd, with three changes. The six
+products go through `hyenadna.ops.gemm.matmul_nt` (oneDNN on CPU: about twice MKL's fp32 speed on
+AMD processors, the same values to fp32 rounding). The (tokens, I) activation, the widest tensor
+of a block (I = 4D; 32 MB per layer from 16k tokens on in the tiny model), comes from the kernels'
+buffer pool (`hyenadna.ops.buffers`) instead of being mapped and faulted in afresh every step, as
+do the other (tokens, I) tensors on the torch.mm route (oneDNN's linear allocates its outputs
+itself). And the GELU's gradient is computed in place over the hidden gradient.
 """
 
 from __future__ import annotations
