@@ -34,3 +34,17 @@ def matmul_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
             and (bias is None or bias.dtype == torch.float32) and a.dim() == b.dim() == 2):
         return _LINEAR(a, b, bias, "none", [], "")
     return torch.mm(a, b.mT) if bias is None else torch.addmm(bias, a, b.mT)
+
+
+# The products that contract over the rows of both operands (weight gradients, sum over tokens):
+# oneDNN's linear needs those rows contiguous and first copies both operands transposed; torch.mm
+# reads them transposed in place. Which is faster depends on the CPU (see matmul_tn).
+onednn_for_tn = True
+
+
+def matmul_tn(a: Tensor, b: Tensor) -> Tensor:
+    """a (K, M)^T @ b (K, N) -> a new (M, N): the weight-gradient form (K: the tokens). Through
+    oneDNN (with its transposing copies) when `use_onednn and onednn_for_tn`, else torch.mm."""
+    if onednn_for_tn:
+        return matmul_nt(a.mT, b.mT)
+    return torch.mm(a.mT, b)

@@ -51,14 +51,14 @@ class MlpFn(torch.autograd.Function):
         g = grad_y.reshape(-1, grad_y.shape[-1])
         grad_x = grad_w1 = grad_b1 = grad_w2 = grad_b2 = None
         if need_w2:
-            grad_w2 = gemm.matmul_nt(g.mT, a.mT)  # g^T a
+            grad_w2 = gemm.matmul_tn(g, a)  # g^T a
         if need_b2:
             grad_b2 = g.sum(0)
         if need_x or need_w1 or need_b1:
             grad_h = gemm.matmul_nt(g, w2.mT.contiguous())  # the activation's gradient g W2
             torch.ops.aten.gelu_backward.grad_input(grad_h, h, approximate="tanh", grad_input=grad_h)
             if need_w1:
-                grad_w1 = gemm.matmul_nt(grad_h.mT, x2.mT)  # grad_h^T x
+                grad_w1 = gemm.matmul_tn(grad_h, x2)  # grad_h^T x
             if need_b1:
                 grad_b1 = grad_h.sum(0)
             if need_x:

@@ -135,7 +135,7 @@ def _backward_onednn(grad: Tensor, x: Tensor, w: Tensor, to_channels: bool, need
                     grad_x[i] = g
         if need_w:  # sum_b grad[b] x[b]: (D_out, D_in)
             for i in range(batch):
-                g = gemm.matmul_nt(grad[i], x[i].mT)
+                g = gemm.matmul_tn(grad[i].mT, x[i])
                 grad_w = g if grad_w is None else grad_w.add_(g)
         return grad_x, grad_w
     # grad (B, L, D_out), x (B, D_in, L)
@@ -146,7 +146,7 @@ def _backward_onednn(grad: Tensor, x: Tensor, w: Tensor, to_channels: bool, need
             pooled_empty(x.shape, x.dtype, x.device).copy_(prod.transpose(0, 1))
     if need_w:  # sum_b grad[b]^T x[b]^T: (D_out, D_in)
         for i in range(batch):
-            g = gemm.matmul_nt(grad[i].mT, x[i])
+            g = gemm.matmul_tn(grad[i], x[i].mT)
             grad_w = g if grad_w is None else grad_w.add_(g)
     return grad_x, grad_w
 
