@@ -1,8 +1,9 @@
 """The Hyena operator's kernels: each fast autograd Function beside its plain reference.
 
 One module per kernel family; `hyena_operator_ref` composes the references into the whole
-operator. The size thresholds are in `hyenadna.ops.common`, the buffer pool the Functions draw
-their large tensors from in `hyenadna.ops.buffers`.
+operator, `mlp` is the block's MLP. The size thresholds are in `hyenadna.ops.common`, the buffer
+pool the Functions draw their large tensors from in `hyenadna.ops.buffers`, the fp32 CPU products
+(oneDNN where available) in `hyenadna.ops.gemm`.
 """
 
 from hyenadna.ops.common import autocast_off, hooked

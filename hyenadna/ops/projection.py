@@ -3,7 +3,10 @@
 The convolutions want channels first (B, D, L), the residual stream is (B, L, D). Transposing is
 a strided copy of the operator's widest activation; instead in_proj and out_proj run as batched
 GEMMs that read their operand transposed for free, forward and backward
-(`python benchmarks/bench_operator_parts.py` times them inside the operator).
+(`python benchmarks/bench_operator_parts.py` times them inside the operator). In fp32 on CPU the
+products go through oneDNN (`hyenadna.ops.gemm`, twice MKL's speed on AMD processors): in_proj
+as one product over all positions written into the channels-first output with its bias, the
+rest one product per sequence.
 """
 
 from __future__ import annotations
@@ -127,12 +130,12 @@ def _backward_onednn(grad: Tensor, x: Tensor, w: Tensor, to_channels: bool, need
     if to_channels:  # grad (B, D_out, L), x (B, L, D_in)
         if need_x:  # grad[b]^T W: (L, D_in) per sequence
             wt = w.mT.contiguous()
-            grad_x = pooled_empty(x.shape, x.dtype, x.device) if batch > 1 else None
-            for i in range(batch):
-                g = gemm.matmul_nt(grad[i].mT, wt)
-                grad_x = g.unsqueeze(0) if batch == 1 else grad_x
-                if batch > 1:
-                    grad_x[i] = g
+            if batch == 1:
+                grad_x = gemm.matmul_nt(grad[0].mT, wt).unsqueeze(0)
+            else:
+                grad_x = pooled_empty(x.shape, x.dtype, x.device)
+                for i in range(batch):
+                    grad_x[i] = gemm.matmul_nt(grad[i].mT, wt)
         if need_w:  # sum_b grad[b] x[b]: (D_out, D_in)
             for i in range(batch):
                 g = gemm.matmul_tn(grad[i].mT, x[i])
