@@ -27,10 +27,16 @@ def onednn_available() -> bool:
     return _LINEAR is not None
 
 
+def onednn_active() -> bool:
+    """`use_onednn`, except while torch.compile traces (inductor picks its own GEMMs and cannot
+    lower this kernel on strided operands)."""
+    return use_onednn and not torch.compiler.is_compiling()
+
+
 def matmul_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     """a (M, K) @ b (N, K)^T + bias (N,) -> a new (M, N) tensor. fp32 CPU operands go through
     oneDNN when `use_onednn`; anything else (other dtypes and devices) through torch.mm/addmm."""
-    if (use_onednn and a.device.type == "cpu" and a.dtype == b.dtype == torch.float32
+    if (onednn_active() and a.device.type == "cpu" and a.dtype == b.dtype == torch.float32
             and (bias is None or bias.dtype == torch.float32) and a.dim() == b.dim() == 2):
         return _LINEAR(a, b, bias, "none", [], "")
     return torch.mm(a, b.mT) if bias is None else torch.addmm(bias, a, b.mT)
@@ -44,7 +50,7 @@ onednn_for_tn = True
 
 def matmul_tn(a: Tensor, b: Tensor) -> Tensor:
     """a (K, M)^T @ b (K, N) -> a new (M, N): the weight-gradient form (K: the tokens). Through
-    oneDNN (with its transposing copies) when `use_onednn and onednn_for_tn`, else torch.mm."""
-    if onednn_for_tn:
+    oneDNN (with its transposing copies) when `onednn_active() and onednn_for_tn`, else torch.mm."""
+    if onednn_for_tn and onednn_active():
         return matmul_nt(a.mT, b.mT)
     return torch.mm(a.mT, b)

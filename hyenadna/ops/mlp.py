@@ -31,7 +31,7 @@ class MlpFn(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:  # type: ignore[override]
         lead, d = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, d)
-        if gemm.use_onednn:
+        if gemm.onednn_active() and x.device.type == "cpu" and x.dtype == torch.float32:
             h = gemm.matmul_nt(x2, w1, b1)
             a = torch._C._nn.gelu(h, approximate="tanh", out=pooled_empty(h.shape, x.dtype, x.device))
             y = gemm.matmul_nt(a, w2, b2)

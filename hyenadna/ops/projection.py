@@ -97,7 +97,7 @@ class ProjectionFn(torch.autograd.Function):
 
 def _onednn_route(x: Tensor, w: Tensor) -> bool:
     """Whether ProjectionFn's products go through oneDNN (`hyenadna.ops.gemm`): fp32 on CPU."""
-    return gemm.use_onednn and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
+    return gemm.onednn_active() and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
 
 
 def _forward_onednn(x: Tensor, w: Tensor, b: Tensor | None, to_channels: bool) -> Tensor:
