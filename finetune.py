@@ -1,14 +1,21 @@
 """Finetune a pretrained HyenaDNA on a labelled task: `python finetune.py pretrained=<ckpt> [task=... method=...]`."""
 
+import os
+
 import hydra
 from omegaconf import DictConfig
-
-from hyenadna.runtime import check_switch, use_huge_pages
 
 
 @hydra.main(version_base="1.3", config_path="configs/finetune", config_name="finetune")
 def main(cfg: DictConfig) -> None:
     """Run `hyenadna.finetune.fit`; it prints the test table and writes results.json."""
+    # torch_threads: auto shares the cores with other jobs: idle OpenMP threads then sleep instead
+    # of spinning on cores another job needs. libgomp reads this once, when torch loads: set it
+    # before the first hyenadna import (which imports torch).
+    if cfg.get("torch_threads") == "auto":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from hyenadna.runtime import check_switch, use_huge_pages
+
     # Before Lightning is imported: its import allocates tensors, and PyTorch reads the huge-page
     # setting at its first allocation (hyenadna/runtime.py).
     use_huge_pages(check_switch("cpu_huge_pages", cfg.get("cpu_huge_pages", True)))

@@ -1,4 +1,4 @@
-"""Hyena operator forward+backward: ours vs a straightforward PyTorch version vs causal attention.
+"""Hyena operator forward+backward: ours vs the official structure vs our plain references vs causal attention.
 
     python benchmarks/bench_operator.py                      # D=128, L = 1k..64k, then 256k and 1M
     python benchmarks/bench_operator.py --lengths 1024 4096 --long-lengths --repeats 3
@@ -6,8 +6,11 @@
     python benchmarks/bench_operator.py --lengths 1024 --long-lengths 262144 1048576 --long-repeats 1 \
         --keep-freed-memory --no-long-baseline       # scaling to 1M with freed memory reused
 
-Three implementations of one layer of width D, batch 1 (--batch), fp32, timed in turns in the same run:
+Four implementations of one layer of width D, batch 1 (--batch), fp32, timed in turns in the same run:
   ours      hyenadna.model.HyenaOperator (the fast kernels of hyenadna.ops)
+  official  benchmarks/official.py's operator, the official implementation's structure op for op
+            (rfft at n = 2L per call, einops rearranges, nn.Conv1d, the filter MLP through autograd
+            every forward), loaded with the same weights; outputs checked equal
   baseline  the same operator on the plain references, `HyenaOperator.forward_ref`
             (hyenadna.ops.hyena_operator_ref: module calls, layout transposes, nn.Conv1d's short
             conv, autograd through rfft/irfft at n = 2L); same parameters, outputs checked equal
@@ -25,7 +28,9 @@ import resource
 
 import torch
 import torch.nn.functional as F
-from common import add_memory_flags, apply_memory_flags, build_operator, interleaved, machine, spread
+from common import (CLOCKS, add_memory_flags, add_thread_flags, apply_memory_flags, apply_thread_flags, build_operator,
+                    interleaved, machine, operator_config, spread)
+from official import official_operator_from
 from torch import Tensor, nn
 
 from hyenadna.ops.buffers import buffer_pool
@@ -68,37 +73,44 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--long-repeats", type=int, default=2)
     add_memory_flags(p)
+    add_thread_flags(p)
     p.add_argument("--no-long-baseline", action="store_true",
                    help="time only ours at the long lengths (the baseline's own tensors stay out of the heap)")
     args = p.parse_args()
+    threads = apply_thread_flags(args)
     memory = apply_memory_flags(args)
     d = args.d_model
     op = build_operator(d, max(args.lengths + args.long_lengths))
+    official = official_operator_from(op, operator_config(d, max(args.lengths + args.long_lengths)))
     attn = CausalSelfAttention(d, n_head=8)
-    print(f"# machine: {machine()}; {memory}")
-    print(f"# Hyena operator vs baseline vs causal SDPA, D={d}, batch {args.batch}, fp32, forward+backward, "
-          f"best of {args.repeats} (interleaved)")
-    print(f"{'L':>8} {'baseline ms':>12} {'ours ms':>9} {'speed-up':>9} {'sdpa ms':>9} {'sdpa/ours':>10} "
-          f"{'scaling/ideal':>14} {'noise':>6}")
+    print(f"# machine: {machine()}; {threads}; {memory}; clock: {args.clock}")
+    print(f"# Hyena operator vs official structure vs baseline vs causal SDPA, D={d}, batch {args.batch}, fp32, "
+          f"forward+backward, best of {args.repeats} (interleaved)")
+    print(f"{'L':>8} {'official ms':>12} {'baseline ms':>12} {'ours ms':>9} {'vs official':>12} {'vs baseline':>12} "
+          f"{'sdpa ms':>9} {'sdpa/ours':>10} {'scaling/ideal':>14} {'noise':>6}")
     first: tuple[int, float] | None = None
     for seq_len in args.lengths:
         u = torch.randn(args.batch, seq_len, d, requires_grad=True)
         grad = torch.randn(args.batch, seq_len, d)
         with torch.no_grad():
-            ref, out = op.forward_ref(u), op(u)
-            err = ((out - ref).norm() / ref.norm()).item()
-            assert err < 1e-5, f"ours differs from the baseline at L={seq_len}: relative error {err:.2e}"
-        fns = {"baseline": fwd_bwd(op.forward_ref, op, u, grad),
+            ref, out, off = op.forward_ref(u), op(u), official(u)
+            for name, other in (("baseline", ref), ("official", off)):
+                err = ((out - other).norm() / other.norm()).item()
+                assert err < 1e-5, f"ours differs from the {name} at L={seq_len}: relative error {err:.2e}"
+        fns = {"official": fwd_bwd(official, official, u, grad),
+               "baseline": fwd_bwd(op.forward_ref, op, u, grad),
                "ours": fwd_bwd(op, op, u, grad)}
         if seq_len <= args.sdpa_max:
             fns["sdpa"] = fwd_bwd(attn, attn, u, grad)
         # Short runs are the most exposed to other processes on shared cores: give them more tries.
-        t = interleaved(fns, args.repeats * 4 if seq_len <= 4096 else args.repeats)
-        base, ours = min(t["baseline"]), min(t["ours"])
+        t = interleaved(fns, args.repeats * 4 if seq_len <= 4096 else args.repeats, alternate=True,
+                        clock=CLOCKS[args.clock])
+        off, base, ours = min(t["official"]), min(t["baseline"]), min(t["ours"])
         first = first or (seq_len, ours)
         ideal = seq_len * math.log2(seq_len) / (first[0] * math.log2(first[0]))
         sdpa = f"{min(t['sdpa']) * 1e3:>9.1f} {min(t['sdpa']) / ours:>9.1f}x" if "sdpa" in t else f"{'-':>9} {'-':>10}"
-        print(f"{seq_len:>8} {base * 1e3:>12.1f} {ours * 1e3:>9.1f} {base / ours:>8.2f}x {sdpa} "
+        print(f"{seq_len:>8} {off * 1e3:>12.1f} {base * 1e3:>12.1f} {ours * 1e3:>9.1f} {off / ours:>11.2f}x "
+              f"{base / ours:>11.2f}x {sdpa} "
               f"{ours / first[1] / ideal:>14.2f} {spread(t['ours']):>6}", flush=True)
     if not args.long_lengths:
         return

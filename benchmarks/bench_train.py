@@ -1,96 +1,154 @@
-"""Tiny-1k training throughput on CPU: our model vs a minimal implementation, same run.
+"""Whole-model speed on CPU: ours vs the official-structured baseline vs our plain references, one run.
 
     python benchmarks/bench_train.py [--preset tiny-1k] [--batch 8] [--length 1024] [--steps 10] [--compile]
+    python benchmarks/bench_train.py --fwd-bwd-lengths 1024,4096,16384,65536 [--no-train]
 
-One training step = forward, mean token cross-entropy, backward, AdamW step, zero_grad; tokens/s
-counts batch x length per step. `baseline` is the same model (a copy of the same weights) built
-with `use_fast_path=False`: every layer on the plain references of hyenadna.ops (module calls,
-layout transposes, oneDNN depthwise conv, autograd through rfft/irfft at 2L), the minimal
-implementation to compare against. The two alternate step by step (interleaved), best of --steps after one warm-up
-step each; `noise` is how far the median step sat above the best. `--compile` adds `compiled`: a
-third copy with its blocks under `hyenadna.compile.compile_model` (torch.compile, inductor),
-interleaved with the other two; its first step, which compiles, is timed on its own.
+Three copies of the same weights, timed in turns (interleaved, every other round in reverse order)
+so that load from other processes hits all alike:
+  ours       HyenaDNAForCausalLM, the fast kernels of hyenadna.ops
+  official   benchmarks/official.py: the official implementation's structure op for op (rfft at
+             n = 2L per call, einops rearranges, nn.Conv1d short filter, the filter MLP through
+             autograd at every forward, dropout modules, two-stream prenorm blocks, tied head)
+  reference  the same model built with use_fast_path=False (hyenadna.ops' plain references)
+Before timing, the logits, loss and every gradient of `official` and `reference` are checked
+against ours (relative error < 1e-4).
+
+Training step (the default table) = forward, mean token cross-entropy, backward, AdamW step,
+zero_grad; tokens/s counts batch x length. `--fwd-bwd-lengths` adds a table of forward + loss +
+backward of the whole model at batch --fwd-bwd-batch (1) for each length. Best of --steps (more
+at short lengths) after one warm-up round; `noise` is how far ours' median sat above its best.
+`--compile` adds `compiled` to the training table (hyenadna.compile.compile_model; its first,
+compiling call is timed on its own).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-from dataclasses import replace
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
-from common import add_memory_flags, apply_memory_flags, interleaved, machine, spread
-from torch import Tensor
+from common import (CLOCKS, add_memory_flags, add_thread_flags, apply_memory_flags, apply_thread_flags, interleaved,
+                    machine, spread)
+from official import OfficialLM
+from torch import Tensor, nn
 
 from hyenadna.compile import compile_model, is_compiled
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 
 
+def check_same(ours: HyenaDNAForCausalLM, others: dict[str, Callable[[Tensor, Tensor], Tensor]],
+               models: dict[str, nn.Module], ids: Tensor, targets: Tensor) -> None:
+    """Loss and every parameter gradient of each other implementation equal ours (train mode, same
+    dropout mask), relative error < 1e-4; exits naming the first that differs."""
+    torch.manual_seed(5)
+    loss = ours(ids, targets=targets).loss
+    want = torch.autograd.grad(loss, list(ours.parameters()))
+    for name, fn in others.items():
+        torch.manual_seed(5)
+        other = fn(ids, targets)
+        theirs = dict(models[name].named_parameters())
+        names = [n for n, _ in ours.named_parameters()]
+        got = torch.autograd.grad(other, [theirs[n] for n in names])
+        if abs(other.item() - loss.item()) > 1e-5 * abs(loss.item()):
+            raise SystemExit(f"{name} loss {other.item()} differs from ours {loss.item()}")
+        for pname, a, b in zip(names, got, want):
+            err = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+            if err > 1e-4:
+                raise SystemExit(f"{name}: gradient of {pname} differs from ours (relative error {err:.1e})")
+
+
 def main() -> None:
-    """Print tokens/s of ours and of the baseline (and of the compiled copy with --compile), and their ratios."""
+    """Print the training table (and the fwd+bwd table with --fwd-bwd-lengths) with both ratios."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny-1k")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--no-train", action="store_true", help="skip the training-step table")
+    p.add_argument("--fwd-bwd-lengths", default="", help="comma-separated lengths for the fwd+bwd table")
+    p.add_argument("--fwd-bwd-batch", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd copy of ours")
     add_memory_flags(p)
+    add_thread_flags(p)
     args = p.parse_args()
+    threads = apply_thread_flags(args)
     memory = apply_memory_flags(args)
+    lengths = [int(x) for x in args.fwd_bwd_lengths.split(",") if x]
     torch.manual_seed(0)
-    ours = HyenaDNAForCausalLM(HyenaConfig.preset(args.preset, l_max=max(args.length, 1026)))
-    base = HyenaDNAForCausalLM(replace(ours.config, use_fast_path=False))
-    base.load_state_dict(ours.state_dict())
-    data = torch.randint(7, 11, (args.batch, args.length + 1))
-    ids, targets = data[:, :-1], data[:, 1:]
-    with torch.no_grad():
-        ours.eval(), base.eval()
-        a, b = ours(ids, targets=targets).loss, base(ids, targets=targets).loss
-        assert torch.allclose(a, b, rtol=1e-5), f"ours and baseline disagree: {a.item()} vs {b.item()}"
-        ours.train(), base.train()
+    ours = HyenaDNAForCausalLM(HyenaConfig.preset(args.preset, l_max=max([args.length + 2, 1026, *lengths])))
+    ref = HyenaDNAForCausalLM(replace(ours.config, use_fast_path=False))
+    ref.load_state_dict(ours.state_dict())
+    official = OfficialLM.from_ours(ours)
+    models = {"ours": ours, "official": official, "reference": ref}
+    losses: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+        "ours": lambda x, y: ours(x, targets=y).loss,
+        "official": official.loss,
+        "reference": lambda x, y: ref(x, targets=y).loss}
+    print(f"# machine: {machine()}; {threads}; {memory}; clock: {args.clock}")
 
-    def train_step(loss_fn: Callable[[], Tensor], opt: torch.optim.Optimizer) -> Callable[[], None]:
-        def step() -> None:
-            loss_fn().backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return step
+    def batch(b: int, seq_len: int) -> tuple[Tensor, Tensor]:
+        data = torch.randint(7, 11, (b, seq_len + 1))
+        return data[:, :-1], data[:, 1:]
 
-    def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1)
-
-    steps = {"baseline": train_step(lambda: base(ids, targets=targets).loss, adamw(base)),
-             "ours": train_step(lambda: ours(ids, targets=targets).loss, adamw(ours))}
-    compile_note = ""
-    if args.compile:
-        compiled = compile_model(copy.deepcopy(ours))
-        with torch.random.fork_rng():  # the same embedding-dropout mask for both
-            torch.manual_seed(1)
-            start = time.perf_counter()
-            loss_c = compiled(ids, targets=targets).loss.item()  # compiles forward and backward
-            compile_s = time.perf_counter() - start
-            torch.manual_seed(1)
-            loss_o = ours(ids, targets=targets).loss.item()
-        if not is_compiled(compiled):
-            raise SystemExit("torch.compile fell back to eager (see the warning above): nothing to compare")
-        assert abs(loss_o - loss_c) <= 1e-5 * abs(loss_o), f"ours and compiled disagree: {loss_o} vs {loss_c}"
-        steps["compiled"] = train_step(lambda: compiled(ids, targets=targets).loss, adamw(compiled))
-        compile_note = f"; compiled: inductor, first call (compiles fwd + bwd) {compile_s:.1f} s"
-
-    t = interleaved(steps, args.steps)
-    tokens = args.batch * args.length
-    print(f"# machine: {machine()}; {memory}")
-    print(f"# {args.preset} training step (fwd + loss + bwd + AdamW), batch {args.batch} x {args.length}, fp32, "
-          f"best of {args.steps} interleaved steps{compile_note}")
-    print(f"{'impl':>9} {'step ms':>8} {'tokens/s':>9} {'noise':>6}")
-    for name, ts in t.items():
+    def row(name: str, ts: list[float], t: dict[str, list[float]], *extra: str) -> str:
         best = min(ts)
-        print(f"{name:>9} {best * 1e3:>8.1f} {tokens / best:>9,.0f} {spread(ts):>6}")
-    print(f"speed-up: {min(t['baseline']) / min(t['ours']):.2f}x")
-    if args.compile:
-        print(f"compiled vs ours (eager): {min(t['ours']) / min(t['compiled']):.2f}x")
+        vs_off, vs_ref = min(t["official"]) / best, min(t["reference"]) / best
+        return f"{name:>10} {best * 1e3:>10.1f} {' '.join(extra)} {vs_off:>11.2f}x {vs_ref:>12.2f}x {spread(ts):>6}"
+
+    if not args.no_train:
+        ids, targets = batch(args.batch, args.length)
+        check_same(ours, {k: v for k, v in losses.items() if k != "ours"}, models, ids, targets)
+
+        def train_step(name: str, model: nn.Module) -> Callable[[], None]:
+            opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1)
+
+            def step() -> None:
+                losses[name](ids, targets).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            return step
+
+        steps = {name: train_step(name, m) for name, m in models.items()}
+        compile_note = ""
+        if args.compile:
+            compiled = compile_model(copy.deepcopy(ours))
+            start = time.perf_counter()
+            compiled(ids, targets=targets).loss.backward()
+            compile_note = f"; compiled: inductor, first call (compiles fwd + bwd) {time.perf_counter() - start:.1f} s"
+            if not is_compiled(compiled):
+                raise SystemExit("torch.compile fell back to eager (see the warning above): nothing to compare")
+            models["compiled"] = compiled
+            losses["compiled"] = lambda x, y: compiled(x, targets=y).loss
+            steps["compiled"] = train_step("compiled", compiled)
+        t = interleaved(steps, args.steps, alternate=True, clock=CLOCKS[args.clock])
+        tokens = args.batch * args.length
+        print(f"# {args.preset} training step (fwd + loss + bwd + AdamW), batch {args.batch} x {args.length}, fp32, "
+              f"best of {args.steps} interleaved steps{compile_note}")
+        print(f"{'impl':>10} {'step ms':>10} {'tokens/s':>9} {'vs official':>12} {'vs reference':>13} {'noise':>6}")
+        for name, ts in t.items():
+            print(row(name, ts, t, f"{tokens / min(ts):>9,.0f}"), flush=True)
+
+    if lengths:
+        print(f"\n# {args.preset} forward + loss + backward of the whole model, batch {args.fwd_bwd_batch}, fp32, "
+              f"best of interleaved repeats")
+        print(f"{'L':>8} {'impl':>10} {'ms':>10} {'vs official':>12} {'vs reference':>13} {'noise':>6}")
+        for seq_len in lengths:
+            ids, targets = batch(args.fwd_bwd_batch, seq_len)
+
+            def fwd_bwd(name: str) -> Callable[[], None]:
+                def run() -> None:
+                    losses[name](ids, targets).backward()
+                    models[name].zero_grad(set_to_none=True)
+                return run
+
+            reps = max(2, args.steps * max(1, 4096 // seq_len)) if seq_len <= 16384 else max(2, args.steps // 3)
+            t = interleaved({name: fwd_bwd(name) for name in ("ours", "official", "reference")}, reps,
+                            alternate=True, clock=CLOCKS[args.clock])
+            for name, ts in t.items():
+                print(f"{seq_len:>8} " + row(name, ts, t), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from torch import nn
 
 from hyenadna.model import HyenaConfig, HyenaOperator
 from hyenadna.ops.buffers import buffer_pool
-from hyenadna.runtime import huge_pages_state, keep_freed_memory, use_huge_pages
+from hyenadna.runtime import huge_pages_state, keep_freed_memory, thread_settings, use_huge_pages
 
 
 def machine() -> str:
@@ -28,19 +28,25 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def operator_config(d: int, l_max: int) -> HyenaConfig:
+    """The config of `build_operator`'s operator."""
+    return HyenaConfig(d_model=d, l_max=l_max)
+
+
 def build_operator(d: int, l_max: int) -> nn.Module:
     """One order-2 Hyena operator of width d with the default filter settings, seeded 0."""
     torch.manual_seed(0)
-    return HyenaOperator.from_config(HyenaConfig(d_model=d, l_max=l_max))
+    return HyenaOperator.from_config(operator_config(d, l_max))
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                alternate: bool = False) -> dict[str, list[float]]:
+                alternate: bool = False, clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Wall times (s) of each function, run in turns (a, b, c, a, b, c, ...) so that load from other
     processes on the shared cores hits every variant alike; `warmup` untimed rounds first. With
     `alternate`, every other round runs in reverse order (a, b, b, a, a, b, ...), so that no
     variant always runs right after the same other one: a function that follows a memory-heavy
-    one is measurably slower."""
+    one is measurably slower. `clock`: wall time by default; `time.process_time` (this process's
+    CPU time, user + system) leaves out the time a loaded machine's run queue keeps it waiting."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -48,9 +54,9 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     for r in range(repeats):
         order = list(fns.items())
         for name, fn in reversed(order) if alternate and r % 2 else order:
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 
@@ -92,3 +98,25 @@ def apply_memory_flags(args: argparse.Namespace) -> str:
     return (f"huge pages {'on' if on else 'off'}; "
             f"freed memory {'kept for reuse' if args.keep_freed_memory else 'returned (default)'}; "
             f"model buffers {'reused' if buffer_pool.enabled else 'fresh each step'}")
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def add_thread_flags(p: argparse.ArgumentParser) -> None:
+    """--threads: PyTorch's intra-op threads for the run (default: PyTorch's, i.e. OMP_NUM_THREADS);
+    --clock: what a timing measures."""
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="wall time (default), or this process's CPU time (user + system: leaves out the "
+                        "waits of a loaded machine; meaningful with --threads 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (default: PyTorch's own, which follows OMP_NUM_THREADS)")
+
+
+def apply_thread_flags(args: argparse.Namespace) -> str:
+    """Apply --threads; returns the thread settings in words, for the header line."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return thread_settings()

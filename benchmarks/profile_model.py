@@ -25,7 +25,7 @@ from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 
 SHAPES = {"tiny": dict(d_model=128, n_layer=2, d_inner=512), "large": dict(d_model=256, n_layer=8, d_inner=1024)}
 CATEGORIES = {
-    "GEMM": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"),
+    "GEMM": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "mkldnn::_linear_pointwise"),
     "FFT": ("aten::_fft_r2c", "aten::_fft_c2r", "aten::_fft_c2c"),
     "copy/fill": ("aten::copy_", "aten::fill_", "aten::zero_", "aten::cat", "aten::stack", "aten::clone"),
     "layernorm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),

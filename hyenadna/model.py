@@ -41,6 +41,7 @@ from hyenadna.ops import (
     implicit_filter,
     linear_channels_first,
     linear_channels_last,
+    mlp,
     shortconv,
     shortconv_ref,
 )
@@ -473,16 +474,27 @@ class HyenaOperator(nn.Module):
 
 
 class Mlp(nn.Module):
-    """D -> I -> D with tanh-approximate GELU (flash-attn's Mlp, as in the official code)."""
+    """D -> I -> D with tanh-approximate GELU (flash-attn's Mlp, as in the official code).
 
-    def __init__(self, d_model: int, d_inner: int) -> None:
+    With grad, in fp32 with plain unhooked Linears, it runs as one autograd node
+    (`hyenadna.ops.mlp`: the same GEMMs and GELU, its (tokens, I) buffers pooled); otherwise, and
+    with `use_fast_path=False`, through the modules.
+    """
+
+    def __init__(self, d_model: int, d_inner: int, use_fast_path: bool = True) -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_inner)
         self.fc2 = nn.Linear(d_inner, d_model)
+        self.use_fast_path = use_fast_path
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, L, D) -> (B, L, D)."""
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        fc1, fc2 = self.fc1, self.fc2
+        if (self.use_fast_path and torch.is_grad_enabled() and type(fc1) is nn.Linear and type(fc2) is nn.Linear
+                and not (hooked(fc1) or hooked(fc2)) and not torch.is_autocast_enabled(x.device.type)
+                and x.dtype == fc1.weight.dtype == fc2.weight.dtype == torch.float32):
+            return mlp(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        return fc2(F.gelu(fc1(x), approximate="tanh"))
 
 
 class Block(nn.Module):
@@ -494,7 +506,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_epsilon)
         self.mixer = mixer
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_epsilon)
-        self.mlp = Mlp(d_model, d_inner)
+        self.mlp = Mlp(d_model, d_inner, use_fast_path)
         self.dropout = nn.Dropout(resid_dropout)
         self.residual_in_fp32 = residual_in_fp32
         self.use_fast_path = use_fast_path

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from hyenadna.compile import check_compile_flag
 from hyenadna.files import atomic_write, describe_os_error, write_text_atomic
 from hyenadna.ops.buffers import buffer_pool
-from hyenadna.runtime import check_switch, huge_pages_state, keep_freed_memory
+from hyenadna.runtime import check_switch, huge_pages_state, keep_freed_memory, resolve_threads, thread_settings
 
 # Every callable a config may instantiate, by exact dotted name. A prefix rule is not enough:
 # Hydra resolves `hyenadna.checkpoint.torch.load` through the module's attributes.
@@ -605,8 +605,10 @@ def start_run(cfg: DictConfig, known_keys: frozenset[str], resume_from: str | No
     keep = check_switch("cpu_keep_freed_memory", cfg.get("cpu_keep_freed_memory", False))
     reuse = check_switch("cpu_reuse_buffers", cfg.get("cpu_reuse_buffers", True))
     out = prepare_output_dir(cfg.output_dir, resume_from)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
+    threads = resolve_threads(cfg.get("torch_threads"))
+    if threads is not None:
+        torch.set_num_threads(threads)
+    print(thread_settings(), flush=True)
     if huge and not (state := huge_pages_state())[0]:
         warnings.warn(f"cpu_huge_pages=true has no effect: {state[1]}", RuntimeWarning, stacklevel=2)
     if keep and (why := keep_freed_memory()):

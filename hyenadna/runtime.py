@@ -132,3 +132,55 @@ def huge_pages_state() -> tuple[bool, str]:
         return False, (f"{THP_ENV}=1 was set after PyTorch's first CPU allocation, when it reads the "
                        f"variable (set it before importing Lightning, or in the shell)")
     return True, f"on (kernel THP mode '{mode}')"
+
+
+# --------------------------------------------------------------------------------------------
+# Threads
+# --------------------------------------------------------------------------------------------
+
+# Environment variable naming how many hyenadna jobs share this machine's cores (`torch_threads:
+# auto` divides the cores available to this process by it); LOCAL_WORLD_SIZE, set by torchrun and
+# Lightning for multi-process training on one machine, counts too.
+JOBS_ENV = "HYENADNA_JOBS"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: taskset, cgroups cpusets), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _positive_env(name: str) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"environment variable {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def resolve_threads(setting: object) -> int | None:
+    """The intra-op thread count for a `torch_threads` setting: None -> None (PyTorch's default);
+    a positive integer -> itself; 'auto' -> this process's fair share of the cores: the cores in
+    its affinity mask over the jobs sharing them (HYENADNA_JOBS x LOCAL_WORLD_SIZE), at least 1,
+    and at most OMP_NUM_THREADS where that is set (a choice made in the shell stands)."""
+    if setting is None:
+        return None
+    if setting == "auto":
+        share = max(1, available_cores() // (_positive_env(JOBS_ENV) * _positive_env("LOCAL_WORLD_SIZE")))
+        return min(share, _positive_env("OMP_NUM_THREADS")) if os.environ.get("OMP_NUM_THREADS", "").strip() else share
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ValueError(f"torch_threads must be a positive integer, 'auto' or null, got {setting!r}")
+    return setting
+
+
+def thread_settings() -> str:
+    """The thread settings of this process in words, for the start of a run or a benchmark.
+    (DataLoader workers need nothing: PyTorch starts each with one intra-op thread.)"""
+    import torch
+
+    return (f"threads: intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}, "
+            f"{available_cores()} cores available, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")

@@ -32,6 +32,8 @@ from hyenadna.ops import (
     implicit_filter_ref,
     linear_channels_first,
     linear_channels_last,
+    mlp,
+    mlp_ref,
     parseval_sum,
     shortconv,
 )
@@ -799,3 +801,85 @@ def test_reused_buffers_survive_retain_graph_and_in_place_outputs(monkeypatch) -
     torch.testing.assert_close(u.grad, 2 * once, rtol=1e-6, atol=1e-6)
     (twice,) = torch.autograd.grad(op(u).mul_(2), u, g)
     torch.testing.assert_close(twice, 2 * once, rtol=1e-6, atol=1e-6)
+
+
+def test_mlp_kernel_equals_its_reference_in_fp64() -> None:
+    """`ops.mlp` (one node, pooled buffers, GELU gradient in place) = fc1 -> tanh-GELU -> fc2
+    through autograd: values and all five gradients, in fp64 (the same GEMMs and GELU kernels)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 33, 8, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(32, 8), torch.randn(32), torch.randn(8, 32), torch.randn(8)]
+    params = [p.double().requires_grad_() for p in params]
+    g = torch.randn(2, 33, 8, dtype=torch.float64)
+    got, want = mlp(x, *params), mlp_ref(x, *params)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads(got, g, [x, *params]), grads(want, g, [x, *params])):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_model_mlp_takes_the_kernel_with_grad_and_the_modules_otherwise() -> None:
+    """The block's MLP runs `MlpFn` when training in fp32 and the modules when hooked, without
+    grad, under autocast or with use_fast_path=False; the fp32 results agree to rounding."""
+    torch.manual_seed(0)
+    block_mlp = HyenaDNAForCausalLM(HyenaConfig(d_model=16, n_layer=1, d_inner=64, l_max=40)).backbone.layers[0].mlp
+    x = torch.randn(2, 20, 16, requires_grad=True)
+    y = block_mlp(x)
+    assert type(y.grad_fn).__name__ == "MlpFnBackward"
+    block_mlp.use_fast_path = False
+    y_ref = block_mlp(x)
+    assert type(y_ref.grad_fn).__name__ != "MlpFnBackward"
+    torch.testing.assert_close(y, y_ref, rtol=4 * gamma(64), atol=1e-6)
+    g = torch.randn_like(y)
+    for a, b in zip(grads(y, g, [x, *block_mlp.parameters()]), grads(y_ref, g, [x, *block_mlp.parameters()])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    block_mlp.use_fast_path = True
+    handle = block_mlp.fc1.register_forward_hook(lambda m, i, o: None)
+    assert type(block_mlp(x).grad_fn).__name__ != "MlpFnBackward"
+    handle.remove()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block_mlp(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_onednn_products_equal_torch_mm_to_fp32_rounding(transposed: bool, monkeypatch) -> None:
+    """`ops.gemm.matmul_nt` (oneDNN where available) = a @ b^T + bias within the fp32 bound of a
+    K-term sum, on contiguous operands and on transposed views; other dtypes take torch.mm."""
+    from hyenadna.ops import gemm
+
+    torch.manual_seed(0)
+    k = 300
+    a = torch.randn(k, 70).mT if transposed else torch.randn(70, k)
+    b = torch.randn(k, 50).mT if transposed else torch.randn(50, k)
+    bias = torch.randn(50)
+    exact = a.double() @ b.double().mT + bias.double()
+    bound = gamma(k + 1) * (a.double().abs() @ b.double().abs().mT + bias.double().abs())
+    for on in (True, False):
+        monkeypatch.setattr(gemm, "use_onednn", on and gemm.onednn_available())
+        got = gemm.matmul_nt(a, b, bias)
+        assert got.shape == (70, 50) and got.dtype == torch.float32
+        assert bool(((got.double() - exact).abs() <= bound).all())
+    got64 = gemm.matmul_nt(a.double(), b.double(), bias.double())
+    torch.testing.assert_close(got64, exact, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_projections_and_mlp_agree_on_both_product_routes(batch: int, monkeypatch) -> None:
+    """Training steps of a small LM with the products through oneDNN and through torch.mm give
+    the same loss and gradients to fp32 rounding (one route is not a different model)."""
+    from hyenadna.ops import gemm
+
+    if not gemm.onednn_available():
+        pytest.skip("no oneDNN in this PyTorch")
+    torch.manual_seed(0)
+    model = HyenaDNAForCausalLM(HyenaConfig(d_model=16, n_layer=2, d_inner=64, l_max=70))
+    x = torch.randint(7, 11, (batch, 65))
+    out = []
+    for on in (True, False):
+        monkeypatch.setattr(gemm, "use_onednn", on)
+        torch.manual_seed(1)
+        model.zero_grad(set_to_none=True)
+        loss = model(x[:, :-1], targets=x[:, 1:]).loss
+        loss.backward()
+        out.append([loss.detach(), *(p.grad.clone() for p in model.parameters())])
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

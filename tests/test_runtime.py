@@ -195,3 +195,71 @@ def test_buffer_pool_releases_idle_storages_of_a_size_no_longer_asked_for() -> N
     disabled.enabled = False
     disabled.empty((64, 64), torch.float32, "cpu")
     assert disabled.held_bytes() == 0
+
+
+def test_resolve_threads_gives_the_fair_share_of_the_cores(monkeypatch) -> None:
+    import hyenadna.runtime as runtime
+
+    for key in ("HYENADNA_JOBS", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(runtime, "available_cores", lambda: 16)
+    assert runtime.resolve_threads(None) is None
+    assert runtime.resolve_threads(3) == 3
+    assert runtime.resolve_threads("auto") == 16
+    monkeypatch.setenv("HYENADNA_JOBS", "3")
+    assert runtime.resolve_threads("auto") == 5
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert runtime.resolve_threads("auto") == 2
+    monkeypatch.setenv("HYENADNA_JOBS", "40")
+    assert runtime.resolve_threads("auto") == 1  # never 0
+    monkeypatch.delenv("HYENADNA_JOBS")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert runtime.resolve_threads("auto") == 4  # the shell's choice caps it
+    for bad in (0, -2, True, "many", 1.5):
+        with pytest.raises(ValueError, match="torch_threads must be"):
+            runtime.resolve_threads(bad)
+    monkeypatch.setenv("HYENADNA_JOBS", "two")
+    with pytest.raises(ValueError, match="HYENADNA_JOBS must be a positive integer, got 'two'"):
+        runtime.resolve_threads("auto")
+
+
+def _threads_in_worker(_: int) -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_dataloader_workers_run_one_intra_op_thread() -> None:
+    """What lets torch_threads: auto leave workers alone: PyTorch starts each worker with one thread."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        loader = DataLoader(list(range(2)), batch_size=None, num_workers=1,
+                            collate_fn=_threads_in_worker)
+        assert list(loader) == [1, 1]
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_start_run_prints_the_thread_settings(tmp_path, capsys, monkeypatch) -> None:
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from hyenadna.finetune import REPO_ROOT
+    from hyenadna.run import start_run
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    n = torch.get_num_threads()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs" / "train"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"output_dir={tmp_path}"])
+    assert cfg.torch_threads == "auto"
+    try:
+        start_run(cfg, frozenset(cfg))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(n)
+    assert "threads: intra-op 1, inter-op" in capsys.readouterr().out

@@ -3,7 +3,10 @@
 The convolutions want channels first (B, D, L), the residual stream is (B, L, D). Transposing is
 a strided copy of the operator's widest activation; instead in_proj and out_proj run as batched
 GEMMs that read their operand transposed for free, forward and backward
-(`python benchmarks/bench_operator_parts.py` times them inside the operator).
+(`python benchmarks/bench_operator_parts.py` times them inside the operator). In fp32 on CPU the
+products go through oneDNN (`hyenadna.ops.gemm`, twice MKL's speed on AMD processors): in_proj
+as one product over all positions written into the channels-first output with its bias, the
+rest one product per sequence.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from hyenadna.ops import gemm
 from hyenadna.ops.buffers import pooled_empty
 from hyenadna.ops.common import autocast_off, hooked
 
@@ -35,6 +39,11 @@ class ProjectionFn(torch.autograd.Function):
         with autocast_off(dev):
             xc, w = x.to(dtype), weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
+            ctx.save_for_backward(xc, w)
+            ctx.to_channels = to_channels
+            ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+            if _onednn_route(xc, w):
+                return _forward_onednn(xc, w, b, to_channels)
             if to_channels:  # W (D_out, D_in) @ x^T (D_in, L) + b (D_out, 1)
                 left, right = w.expand(x.shape[0], -1, -1), xc.mT
                 b = None if b is None else b.unsqueeze(-1)
@@ -49,9 +58,6 @@ class ProjectionFn(torch.autograd.Function):
                 torch.bmm(left, right, out=out).add_(b)
             else:  # half precision: one rounding of GEMM + bias, as nn.Linear
                 torch.baddbmm(b, left, right, out=out)
-        ctx.save_for_backward(xc, w)
-        ctx.to_channels = to_channels
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         return out
 
     @staticmethod
@@ -62,6 +68,12 @@ class ProjectionFn(torch.autograd.Function):
         batch, acc = xc.shape[0], torch.promote_types(xc.dtype, torch.float32)  # sums in at least fp32
         grad_x = grad_w = grad_b = None
         with autocast_off(xc.device.type):
+            if _onednn_route(xc, w) and grad.dtype == torch.float32:
+                grad = grad.contiguous()
+                grad_x, grad_w = _backward_onednn(grad, xc, w, ctx.to_channels, *ctx.needs_input_grad[:2])
+                if ctx.needs_input_grad[2]:
+                    grad_b = grad.sum((0, 2) if ctx.to_channels else (0, 1), dtype=acc).to(b_dtype)
+                return grad_x, grad_w, grad_b, None
             if ctx.to_channels:  # grad (B, D_out, L)
                 if ctx.needs_input_grad[0]:  # (B, L, D_in)
                     grad_x = torch.bmm(grad.mT, w.expand(batch, -1, -1),
@@ -81,6 +93,65 @@ class ProjectionFn(torch.autograd.Function):
                 if ctx.needs_input_grad[2]:
                     grad_b = grad.sum((0, 1), dtype=acc).to(b_dtype)
         return grad_x, grad_w, grad_b, None
+
+
+def _onednn_route(x: Tensor, w: Tensor) -> bool:
+    """Whether ProjectionFn's products go through oneDNN (`hyenadna.ops.gemm`): fp32 on CPU."""
+    return gemm.onednn_active() and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
+
+
+def _forward_onednn(x: Tensor, w: Tensor, b: Tensor | None, to_channels: bool) -> Tensor:
+    """ProjectionFn's forward as oneDNN products (a @ b^T), fp32. to_channels: W (D_out, D_in)
+    times all B L positions at once -> (D_out, B, L), written into the (B, D_out, L) output with
+    the bias in one pass; else one product per sequence, y[b]^T W^T + bias -> (L, D_out)."""
+    batch, d_out = x.shape[0], w.shape[0]
+    if to_channels:  # x (B, L, D_in)
+        seq_len = x.shape[1]
+        prod = gemm.matmul_nt(w, x.reshape(batch * seq_len, -1)).view(d_out, batch, seq_len)
+        out = pooled_empty((batch, d_out, seq_len), x.dtype, x.device)
+        if b is None:
+            return out.copy_(prod.transpose(0, 1))
+        return torch.add(prod.transpose(0, 1), b.unsqueeze(-1), out=out)
+    seq_len = x.shape[2]  # x (B, D_in, L)
+    if batch == 1:
+        return gemm.matmul_nt(x[0].mT, w, b).unsqueeze(0)
+    out = pooled_empty((batch, seq_len, d_out), x.dtype, x.device)
+    for i in range(batch):
+        out[i] = gemm.matmul_nt(x[i].mT, w, b)
+    return out
+
+
+def _backward_onednn(grad: Tensor, x: Tensor, w: Tensor, to_channels: bool, need_x: bool,
+                     need_w: bool) -> tuple[Tensor | None, Tensor | None]:
+    """ProjectionFn's input and weight gradients as oneDNN products, fp32 (the weight gradient
+    summed over the sequences in fp32 by accumulating each sequence's product)."""
+    batch = x.shape[0]
+    grad_x = grad_w = None
+    if to_channels:  # grad (B, D_out, L), x (B, L, D_in)
+        if need_x:  # grad[b]^T W: (L, D_in) per sequence
+            wt = w.mT.contiguous()
+            if batch == 1:
+                grad_x = gemm.matmul_nt(grad[0].mT, wt).unsqueeze(0)
+            else:
+                grad_x = pooled_empty(x.shape, x.dtype, x.device)
+                for i in range(batch):
+                    grad_x[i] = gemm.matmul_nt(grad[i].mT, wt)
+        if need_w:  # sum_b grad[b] x[b]: (D_out, D_in)
+            for i in range(batch):
+                g = gemm.matmul_tn(grad[i].mT, x[i])
+                grad_w = g if grad_w is None else grad_w.add_(g)
+        return grad_x, grad_w
+    # grad (B, L, D_out), x (B, D_in, L)
+    if need_x:  # W^T times all B L positions at once -> (D_in, B, L) -> (B, D_in, L)
+        seq_len, d_in = x.shape[2], x.shape[1]
+        prod = gemm.matmul_nt(w.mT.contiguous(), grad.reshape(batch * seq_len, -1)).view(d_in, batch, seq_len)
+        grad_x = prod.unsqueeze(0)[:, :, 0] if batch == 1 else \
+            pooled_empty(x.shape, x.dtype, x.device).copy_(prod.transpose(0, 1))
+    if need_w:  # sum_b grad[b]^T x[b]^T: (D_out, D_in)
+        for i in range(batch):
+            g = gemm.matmul_tn(grad[i], x[i].mT)
+            grad_w = g if grad_w is None else grad_w.add_(g)
+    return grad_x, grad_w
 
 
 def _plain_linear(module: nn.Module) -> bool:

@@ -1,0 +1,56 @@
+"""fp32 GEMM on CPU: PyTorch's default route (torch.mm -> MKL) vs oneDNN (hyenadna.ops.gemm), one thread.
+
+    python benchmarks/bench_gemm.py [--tokens 8192] [--repeats 10]
+
+The shapes of the tiny model's products at --tokens positions (D = 128, I = 512, in_proj 3D), as
+hyenadna.ops.gemm.matmul_nt computes them (a @ b^T, b^T and the weight-gradient operands as
+transposed views), plus a square 2048 product; best of --repeats, interleaved, CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import CLOCKS, interleaved, machine
+
+from hyenadna.ops import gemm
+
+
+def main() -> None:
+    """Print GFLOP/s of both routes per shape and their ratio."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--repeats", type=int, default=10)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if not gemm.onednn_available():
+        raise SystemExit("this PyTorch has no oneDNN linear kernel: nothing to compare")
+    n = args.tokens
+    r = torch.randn
+    shapes = {  # name: (a, b) with the product a @ b^T
+        "square 2048": (r(2048, 2048), r(2048, 2048)),
+        "fc1 forward (N,128)x(128,512)": (r(n, 128), r(512, 128)),
+        "fc2 forward (N,512)x(512,128)": (r(n, 512), r(128, 512)),
+        "in_proj (384,128)x(128,N)": (r(384, 128), r(n, 128)),
+        "fc2 weight grad (128,N)x(N,512), views": (r(n, 128).mT, r(n, 512).mT),
+    }
+    print(f"# machine: {machine()}; clock: cpu")
+    print(f"{'product':>40} {'torch.mm GF/s':>14} {'oneDNN GF/s':>12} {'ratio':>6}")
+    for name, (a, b) in shapes.items():
+        flops = 2 * a.shape[0] * a.shape[1] * b.shape[0]
+
+        def route(on: bool):  # type: ignore[no-untyped-def]
+            def run() -> None:
+                gemm.use_onednn = on
+                gemm.matmul_nt(a, b)
+            return run
+
+        t = interleaved({"mm": route(False), "dnn": route(True)}, args.repeats, clock=CLOCKS["cpu"])
+        mm, dnn = flops / min(t["mm"]) / 1e9, flops / min(t["dnn"]) / 1e9
+        print(f"{name:>40} {mm:>14.1f} {dnn:>12.1f} {dnn / mm:>5.2f}x", flush=True)
+    gemm.use_onednn = gemm.onednn_available()
+
+
+if __name__ == "__main__":
+    main()
