@@ -60,9 +60,16 @@ def main() -> None:
                         help="seeds for the soft-prompt runs of the sweep (default: --seeds)")
     parser.add_argument("--no-references", action="store_true",
                         help="sweep: only the soft-prompt runs (probe, full, scratch run elsewhere; merge the CSVs)")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="sweep: no runs, only the table and PNG from --out/prompt_sweep.csv (e.g. merged from several)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.sweep:
+        if args.plot_only:
+            table = sweep_table(args.out / "prompt_sweep.csv")
+            plot_sweep(table, args.out / "prompt_sweep.png", f"species task (256 bp, 5 classes), {args.epochs} epochs")
+            print(format_sweep(table))
+            return
         if not args.pretrained:
             raise SystemExit("--sweep needs --pretrained (a model with room for long prompts: "
                              "python train.py experiment=species_1k)")
@@ -201,8 +208,8 @@ def plot_sweep(table: dict[str, dict[int, list[float]]], png: Path, title: str) 
 
     lengths = sorted({n for name in table if name.startswith("soft prompt") for n in table[name]})
     x = {n: i for i, n in enumerate(lengths)}  # evenly spaced: 0 and 16 stay apart from 768
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for i, name in enumerate(n for n in table if n.startswith("soft prompt")):
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    for i, name in enumerate(sorted(n for n in table if n.startswith("soft prompt"))):
         pts = sorted(table[name].items())
         ax.errorbar([x[n] for n, _ in pts], [statistics.fmean(v) for _, v in pts],
                     yerr=[summary(v)["std"] for _, v in pts], fmt="o-", capsize=3, label=name, color=f"C{i}")
@@ -218,7 +225,7 @@ def plot_sweep(table: dict[str, dict[int, list[float]]], png: Path, title: str) 
     ax.set_xlabel("soft-prompt tokens")
     ax.set_ylabel("test accuracy (mean over seeds)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png, dpi=110)

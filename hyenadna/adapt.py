@@ -83,7 +83,7 @@ class SoftPrompt(nn.Module):
 
 def prompt_init_ids(mode: str, n_tokens: int, sequence: Tensor | None = None, seed: int = 0) -> Tensor | None:
     """Token ids whose embeddings start a soft prompt: None for ``noise``; random bases for
-    ``vocab``; `sequence` (a real training sequence's ids) tiled / cut to `n_tokens` for ``sequence``."""
+    ``vocab`` (a fixed draw, `seed`); `sequence` (a real training sequence's ids) tiled / cut to `n_tokens` for ``sequence``."""
     if mode not in PROMPT_INITS:
         raise ValueError(f"method.prompt_init must be one of {PROMPT_INITS}, got {mode!r}")
     if mode == "noise":
