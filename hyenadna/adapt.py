@@ -2,15 +2,21 @@
 
 One switch, ``method``:
 
-- ``soft_prompt``: ``n_soft_tokens`` learnable vectors (init N(0, 0.02), dropout) inserted after
-  the token embedding and before the first block (HyenaDNA paper, in-context learning section);
-  the whole backbone is frozen and only the prompt (and the head, for ``readout=head``) trains.
+- ``soft_prompt``: ``n_soft_tokens`` learnable vectors (with dropout) fed to the blocks beside the
+  token embeddings (HyenaDNA paper, in-context learning section); the whole backbone is frozen
+  (and kept in eval mode: no dropout) and only the prompt (and the head, for ``readout=head``)
+  trains. ``prompt_position``: ``prefix`` (the paper's: before the sequence) or ``suffix`` (after
+  it, so the causal model's last position reads the sequence and the prompt together).
+  ``prompt_init``: ``noise`` (N(0, 0.02)), ``vocab`` (embeddings of random bases) or ``sequence``
+  (the embeddings of a real training sequence, tiled to the prompt's length).
 - ``linear_probe``: frozen backbone, only the linear head trains.
 - ``full``: every weight trains (a soft prompt may be added on top).
 
-Two read-outs: ``head`` (a linear classifier on the pooled hidden state; prompt positions never
-enter the pooling) and ``token`` (the paper's: classes are written as nucleotide tokens and
-predicted by the frozen, tied LM head at the last real position, which holds [SEP]).
+Two read-outs: ``head`` (a linear classifier on the pooled hidden state) and ``token`` (the
+paper's: classes are written as nucleotide tokens and predicted by the frozen, tied LM head at the
+last position, [SEP] for a prefix prompt, the prompt's last token for a suffix one). A prefix
+prompt's positions never enter the pooling; a suffix prompt's do (they are the only positions that
+see it).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from hyenadna.tokenizer import CharTokenizer
 Method = Literal["soft_prompt", "linear_probe", "full"]
 Readout = Literal["head", "token"]
 METHODS = ("soft_prompt", "linear_probe", "full")
+PROMPT_POSITIONS = ("prefix", "suffix")
+PROMPT_INITS = ("noise", "vocab", "sequence")
 
 # The paper's label tokens: {0: A, 1: N} for two classes, {0: A, 1: G, 2: N} for three
 # (icl_genomics_dataset.py); we extend the same idea to the other nucleotides for 4 and 5.
@@ -54,18 +62,37 @@ def label_token_ids(num_classes: int, tokens: list[str] | None = None) -> list[i
 
 
 class SoftPrompt(nn.Module):
-    """n learnable prompt embeddings (P, D), initialised N(0, init_std), with dropout."""
+    """n learnable prompt embeddings (P, D), initialised N(0, init_std) or from given embeddings
+    (`init`, (P, D)), with dropout."""
 
-    def __init__(self, n_tokens: int, d_model: int, dropout: float = 0.1, init_std: float = 0.02) -> None:
+    def __init__(self, n_tokens: int, d_model: int, dropout: float = 0.1, init_std: float = 0.02,
+                 init: Tensor | None = None) -> None:
         super().__init__()
         if n_tokens < 1:
             raise ValueError(f"a soft prompt needs n_soft_tokens >= 1, got {n_tokens}")
-        self.embeds = nn.Parameter(torch.randn(n_tokens, d_model) * init_std)
+        if init is not None and tuple(init.shape) != (n_tokens, d_model):
+            raise ValueError(f"soft prompt init must have shape ({n_tokens}, {d_model}), got {tuple(init.shape)}")
+        start = torch.randn(n_tokens, d_model) * init_std if init is None else init.detach().float().clone()
+        self.embeds = nn.Parameter(start)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self) -> Tensor:
         """-> (P, D)."""
         return self.dropout(self.embeds)
+
+
+def prompt_init_ids(mode: str, n_tokens: int, sequence: Tensor | None = None, seed: int = 0) -> Tensor | None:
+    """Token ids whose embeddings start a soft prompt: None for ``noise``; random bases for
+    ``vocab`` (a fixed draw, `seed`); `sequence` (a real training sequence's ids) tiled / cut to `n_tokens` for ``sequence``."""
+    if mode not in PROMPT_INITS:
+        raise ValueError(f"method.prompt_init must be one of {PROMPT_INITS}, got {mode!r}")
+    if mode == "noise":
+        return None
+    if mode == "vocab" or sequence is None or sequence.numel() == 0:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randint(CharTokenizer.A_ID, CharTokenizer.A_ID + 4, (n_tokens,), generator=gen)
+    seq = sequence.long().flatten()
+    return seq.repeat(-(-n_tokens // seq.numel()))[:n_tokens]
 
 
 def make_metrics(problem_type: str, num_labels: int) -> torchmetrics.MetricCollection:
@@ -98,6 +125,7 @@ class FinetuneModule(pl.LightningModule):
     def __init__(self, lm: HyenaDNAForCausalLM, num_labels: int, problem_type: str = "single_label",
                  method: Method = "full", readout: Readout = "head", pooling: str = "last",
                  n_soft_tokens: int = 0, prompt_dropout: float = 0.1, label_tokens: list[str] | None = None,
+                 prompt_position: str = "prefix", prompt_init: str = "noise", prompt_init_sequence: Tensor | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  scheduler: Callable[..., Any] | None = None, label_names: list[str] | None = None) -> None:
         super().__init__()
@@ -109,10 +137,13 @@ class FinetuneModule(pl.LightningModule):
             raise ValueError("method soft_prompt needs method.n_soft_tokens >= 1")
         if method == "linear_probe" and (readout != "head" or n_soft_tokens):
             raise ValueError("linear_probe trains only the head: use readout=head and n_soft_tokens=0")
+        if prompt_position not in PROMPT_POSITIONS:
+            raise ValueError(f"method.prompt_position must be one of {PROMPT_POSITIONS}, got {prompt_position!r}")
         if readout == "token" and problem_type != "single_label":
             raise ValueError(f"the token read-out is for single-label classification, not {problem_type}")
         self.config: HyenaConfig = lm.config
         self.method, self.readout, self.pooling = method, readout, pooling
+        self.prompt_position = prompt_position
         self.problem_type, self.num_labels = problem_type, num_labels
         self.label_names = label_names or [str(i) for i in range(num_labels)]
         self.optimizer_factory = optimizer or torch.optim.AdamW
@@ -125,7 +156,11 @@ class FinetuneModule(pl.LightningModule):
             clf = HyenaDNAForSequenceClassification(lm.config, num_labels, pooling=pooling, problem_type=problem_type)
             clf.backbone.load_state_dict(lm.backbone.state_dict())
             self.model = clf
-        self.prompt = SoftPrompt(n_soft_tokens, lm.config.d_model, prompt_dropout) if n_soft_tokens else None
+        self.prompt: SoftPrompt | None = None
+        if n_soft_tokens:
+            ids = prompt_init_ids(prompt_init, n_soft_tokens, prompt_init_sequence)
+            init = None if ids is None else lm.backbone.embeddings(ids).detach()
+            self.prompt = SoftPrompt(n_soft_tokens, lm.config.d_model, prompt_dropout, init=init)
         self.frozen_backbone = method in ("soft_prompt", "linear_probe")
         if self.frozen_backbone:
             self.model.backbone.requires_grad_(False)
@@ -144,14 +179,22 @@ class FinetuneModule(pl.LightningModule):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """input_ids, attention_mask (B, L) -> per-class scores (B, C), or vocabulary logits (B, V) for readout=token."""
-        prefix = self.prompt() if self.prompt is not None else None
+        prompt = self.prompt() if self.prompt is not None else None
+        pooling = self.pooling if self.readout == "head" else "last"
+        if prompt is not None and self.prompt_position == "suffix":
+            hidden = self.model.backbone(input_ids, suffix_embeds=prompt)
+            if attention_mask is not None:  # the prompt's positions are real: pooled, and last
+                ones = attention_mask.new_ones(attention_mask.shape[0], prompt.shape[0])
+                attention_mask = torch.cat([attention_mask, ones], dim=1)
+        else:
+            hidden = self.model.backbone(input_ids, prompt)
+            if prompt is not None:
+                hidden = hidden[:, prompt.shape[0]:]
+        pooled = pool_hidden(hidden, pooling, attention_mask)
         if self.readout == "head":
-            return self.model(input_ids, attention_mask, prefix_embeds=prefix).logits
-        hidden = self.model.backbone(input_ids, prefix)
-        if prefix is not None:
-            hidden = hidden[:, prefix.shape[0]:]
-        # The last real position holds [SEP]; its next-token prediction is the label token.
-        return self.model.lm_head(pool_hidden(hidden, "last", attention_mask))
+            return self.model.head(pooled.to(self.model.head.weight.dtype))
+        # The last position ([SEP], or the suffix prompt's last) predicts the label token.
+        return self.model.lm_head(pooled)
 
     def scores_and_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(per-class scores (B, C), loss) for a batch."""
@@ -212,6 +255,7 @@ class FinetuneModule(pl.LightningModule):
         """Store the architecture and the task's labels beside the weights."""
         checkpoint["hyena_config"] = self.config.to_dict()
         checkpoint["finetune"] = {"method": self.method, "readout": self.readout, "pooling": self.pooling,
+                                  "prompt_position": self.prompt_position,
                                   "problem_type": self.problem_type, "label_names": list(self.label_names),
                                   "n_soft_tokens": 0 if self.prompt is None else int(self.prompt.embeds.shape[0])}
 

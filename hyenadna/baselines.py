@@ -1,10 +1,18 @@
-"""Order-k Markov baseline: the perplexity any DNA language model must beat.
+"""Baselines a model must beat: order-k Markov perplexity (pretraining) and k-mer logistic
+regression accuracy (classification tasks).
+
+Markov:
 
 Counts of (k previous bases -> next base) over the training sequences, add-one (Laplace)
 smoothing, scored on exactly the windows and positions the model is validated on. At the
 start of a window fewer than k previous tokens exist (the model sees no more either), so those
 positions use the longest available context (orders k-1, ..., 1, each fitted the same way).
 The alphabet is A, C, G, T, N; any other token id counts as N.
+
+k-mer logistic regression (`KmerLogistic`): each sequence becomes its k-mer frequencies for
+every k in `ks` (k-mers with an N skipped; counts / number of k-mers, both strands unmerged),
+standardised with the train mean and spread; a softmax regression with L2 penalty is fitted by
+full-batch gradient descent (Adam) from zero weights: deterministic, no library beyond numpy.
 """
 
 from __future__ import annotations
@@ -100,3 +108,77 @@ class MarkovBaseline:
         if count == 0:
             raise ValueError("no real target token in the evaluation windows")
         return math.exp(total / count)
+
+
+def kmer_features(sequences: Iterable[np.ndarray], ks: Iterable[int] = (3, 4, 5, 6)) -> np.ndarray:
+    """Token-id sequences -> (N, sum 4**k) k-mer frequencies (k-mers containing N or another
+    non-base token skipped; each k's block sums to 1, or 0 for a sequence shorter than k)."""
+    ks = list(ks)
+    if not ks or any(not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 8 for k in ks):
+        raise ValueError(f"k-mer sizes must be integers in [1, 8], got {ks}")
+    rows = []
+    for ids in sequences:
+        sym = to_symbols(ids)
+        blocks = []
+        for k in ks:
+            n = sym.size - k + 1
+            if n <= 0:
+                blocks.append(np.zeros(4 ** k))
+                continue
+            code = np.zeros(n, dtype=np.int64)
+            bad = np.zeros(n, dtype=bool)
+            for i in range(k):
+                part = sym[i:i + n]
+                code, bad = code * 4 + np.minimum(part, 3), bad | (part == ALPHABET - 1)
+            counts = np.bincount(code[~bad], minlength=4 ** k).astype(np.float64)
+            blocks.append(counts / max(counts.sum(), 1.0))
+        rows.append(np.concatenate(blocks))
+    return np.stack(rows) if rows else np.zeros((0, sum(4 ** k for k in ks)))
+
+
+class KmerLogistic:
+    """Softmax regression on standardised k-mer frequencies (the floor a DNA model must beat)."""
+
+    def __init__(self, ks: Iterable[int] = (3, 4, 5, 6), l2: float = 1e-3, steps: int = 300, lr: float = 0.05) -> None:
+        self.ks, self.l2, self.steps, self.lr = tuple(ks), float(l2), int(steps), float(lr)
+        self.mean = self.scale = self.weight = self.bias = None
+
+    def _x(self, sequences: Iterable[np.ndarray]) -> np.ndarray:
+        assert self.mean is not None and self.scale is not None, "fit() first"
+        return (kmer_features(sequences, self.ks) - self.mean) / self.scale
+
+    def fit(self, sequences: Iterable[np.ndarray], labels: np.ndarray, num_classes: int | None = None) -> KmerLogistic:
+        """Fit on token-id sequences and integer class labels."""
+        feats = kmer_features(sequences, self.ks)
+        y = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if feats.shape[0] != y.size or y.size == 0:
+            raise ValueError(f"k-mer baseline: {feats.shape[0]} sequences but {y.size} labels")
+        c = int(num_classes or y.max() + 1)
+        self.mean, self.scale = feats.mean(0), feats.std(0) + 1e-6
+        x = (feats - self.mean) / self.scale
+        onehot = np.eye(c)[y]
+        w, b = np.zeros((x.shape[1], c)), np.zeros(c)
+        m = [np.zeros_like(w), np.zeros_like(b)]
+        v = [np.zeros_like(w), np.zeros_like(b)]
+        for t in range(1, self.steps + 1):
+            z = x @ w + b
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            g = (p - onehot) / y.size
+            grads = [x.T @ g + self.l2 * w, g.sum(0)]
+            for i, (param, grad) in enumerate(zip((w, b), grads)):  # Adam, in place
+                m[i] = 0.9 * m[i] + 0.1 * grad
+                v[i] = 0.999 * v[i] + 0.001 * grad * grad
+                param -= self.lr * (m[i] / (1 - 0.9 ** t)) / (np.sqrt(v[i] / (1 - 0.999 ** t)) + 1e-8)
+        self.weight, self.bias = w, b
+        return self
+
+    def predict(self, sequences: Iterable[np.ndarray]) -> np.ndarray:
+        """Class ids (N,)."""
+        assert self.weight is not None and self.bias is not None, "fit() first"
+        return (self._x(sequences) @ self.weight + self.bias).argmax(1)
+
+    def accuracy(self, sequences: Iterable[np.ndarray], labels: np.ndarray) -> float:
+        """Fraction of `sequences` whose predicted class is `labels`."""
+        y = np.asarray(labels, dtype=np.int64).reshape(-1)
+        return float((self.predict(sequences) == y).mean())

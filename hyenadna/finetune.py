@@ -1,8 +1,10 @@
 """Finetuning entry point: `fit(cfg)` adapts a pretrained HyenaDNA to a labelled task.
 
 Order of work: read and check the task data, load (or quickly pretrain) the language model,
-check that the task fits its l_max, then train with the best checkpoint kept by a validation
-metric and early stopping, evaluate that checkpoint on test, and write ``results.json``.
+check that the task (and soft prompt) fits its l_max, then train with the best checkpoint kept by
+a validation metric and early stopping, evaluate that checkpoint on test, fit the k-mer logistic
+regression floor (`hyenadna.baselines.KmerLogistic`) on the same examples, and write
+``results.json`` and ``loss_curves.png``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from hyenadna.adapt import FinetuneModule, default_monitor, label_token_ids
+from hyenadna.baselines import KmerLogistic
 from hyenadna.checkpoint import load_pretrained
 from hyenadna.compile import compile_model
 from hyenadna.files import write_text_atomic
@@ -31,6 +36,7 @@ from hyenadna.run import (
     check_optimizer,
     finite_or_none,
     metrics_csv,
+    plot_loss_curves,
     record_run_config,
     start_run,
     use_atomic_checkpoints,
@@ -41,7 +47,8 @@ from hyenadna.tokenizer import CharTokenizer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG_DIR = REPO_ROOT / "configs" / "train"  # the quick pretraining composes train.yaml
 TOP_LEVEL_KEYS = frozenset({"task", "method", "model", "trainer", "logger", "optimizer", "scheduler", "pretrained",
-                            "pretrained_revision", "pretrain_overrides", "early_stopping_patience", "monitor", "monitor_mode", "icl_shots", "seed",
+                            "pretrained_revision", "pretrain_overrides", "early_stopping_patience", "baseline", "monitor",
+                            "monitor_mode", "icl_shots", "seed",
                             "output_dir", "experiment_name", "torch_threads", "compile",
                             "cpu_huge_pages", "cpu_keep_freed_memory", "cpu_reuse_buffers"})
 
@@ -156,6 +163,14 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     limit = lm.config.l_max - n_prompt
     if limit < 1 + int(add_eos):
         raise ValueError(f"method.n_soft_tokens={n_prompt} leaves no room in the model's l_max={lm.config.l_max}")
+    task_length = int(dm.max_length) if dm.max_length is not None else task.longest + int(add_eos)
+    if n_prompt and task_length > limit:
+        # A prompt never silently crops the task's sequences: the user chooses which to shorten.
+        raise ValueError(f"method.n_soft_tokens={n_prompt} prompt tokens do not fit beside the task: its length is "
+                         f"{task_length} tokens ({'task.max_length' if dm.max_length is not None else 'longest sequence'}"
+                         f"{' + [SEP]' if add_eos and dm.max_length is None else ''}) and the model's l_max={lm.config.l_max} "
+                         f"leaves room for at most {max(lm.config.l_max - task_length, 0)} prompt tokens; use fewer "
+                         f"prompt tokens, or crop the sequences with task.max_length<={limit}")
     max_length = dm.resolve_max_length(limit, add_eos=add_eos)
     if task.longest + int(add_eos) > max_length:
         print(f"note: sequences up to {task.longest} bases are cropped ({dm.crop}) to {max_length} tokens "
@@ -172,8 +187,15 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     optimizer = build(cfg.optimizer, "optimizer")
     check_optimizer(optimizer)
     scheduler = build(cfg.scheduler, "scheduler") if cfg.scheduler is not None else None
+    init_seq = None
+    if n_prompt:  # a real training sequence for prompt_init=sequence, drawn with the run's seed
+        train_ids = dm.datasets["train"].ids
+        pick = int(np.random.default_rng(int(cfg.seed)).integers(len(train_ids)))
+        init_seq = torch.as_tensor(train_ids[pick][:-1] if add_eos else train_ids[pick])
     module = FinetuneModule(lm, task.num_labels, task.problem_type, method=m.name, readout=m.readout,
                             pooling=m.pooling, n_soft_tokens=n_prompt, prompt_dropout=float(m.prompt_dropout),
+                            prompt_position=str(m.get("prompt_position", "prefix")),
+                            prompt_init=str(m.get("prompt_init", "noise")), prompt_init_sequence=init_seq,
                             label_tokens=list(m.label_tokens) if m.label_tokens else None,
                             optimizer=optimizer, scheduler=scheduler, label_names=task.label_names)
     if cfg.get("compile", False):
@@ -220,6 +242,16 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     csv_path = metrics_csv(trainer)
     if csv_path is not None and csv_path.is_file():
         result["metrics_csv"] = str(csv_path)
+    if m.name == "soft_prompt" or n_prompt:
+        result.update(prompt_position=str(m.get("prompt_position", "prefix")),
+                      prompt_init=str(m.get("prompt_init", "noise")))
+    kmer_sizes = list(cfg.baseline.kmer_sizes) if cfg.get("baseline") and cfg.baseline.get("kmer_sizes") else []
+    if kmer_sizes and task.problem_type == "single_label":
+        # The same cropped examples the model saw ([SEP] is not a base: skipped by the k-mers).
+        train_ds, test_ds = dm.datasets["train"], dm.datasets["test"]
+        kmer = KmerLogistic(kmer_sizes).fit(train_ds.ids, train_ds.labels, task.num_labels)
+        result["kmer_baseline_acc"] = kmer.accuracy(test_ds.ids, test_ds.labels)
+        result["kmer_sizes"] = kmer_sizes
     if cfg.get("icl_shots"):
         # The language model as it now stands: pretrained (head read-out), adapted (token read-out).
         result["icl"] = [evaluate_icl(lm, task.splits["train"], task.splits["test"], task.num_labels, int(k),
@@ -230,8 +262,16 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if undefined and trainer.is_global_zero:
         print(f"note: {', '.join(undefined)} undefined on this data (e.g. one class only); written as null")
     if trainer.is_global_zero:
+        if csv_path is not None and csv_path.is_file():
+            plot_loss_curves(csv_path, out / "loss_curves.png", ylabel="task loss", metric=monitor)
+            result["plot"] = str(out / "loss_curves.png")
         write_text_atomic(out / "results.json", json.dumps(finite_or_none(result), indent=2, allow_nan=False) + "\n")
         print(f"\n{m.name} ({m.readout} read-out) on {dm.data}, best checkpoint by {monitor}:")
         print(format_table({"valid": result["valid"], "test": result["test"]}))
+        if "kmer_baseline_acc" in result:
+            acc = result["test"].get("acc", float("nan"))
+            verdict = "beats" if acc > result["kmer_baseline_acc"] else "does NOT beat"
+            print(f"  k-mer logistic regression baseline ({'/'.join(map(str, kmer_sizes))}-mer counts) test acc "
+                  f"{result['kmer_baseline_acc']:.4f}; the model ({acc:.4f}) {verdict} it")
         print(f"results: {out / 'results.json'}")
     return result

@@ -584,20 +584,27 @@ class HyenaDNAModel(nn.Module):
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
 
     def forward(self, input_ids: Tensor, prefix_embeds: Tensor | None = None,
-                states: list[HyenaState] | None = None) -> Tensor:
+                states: list[HyenaState] | None = None, suffix_embeds: Tensor | None = None) -> Tensor:
         """input_ids (B, L), optional soft prompt prefix_embeds (P, D) or (B, P, D) -> (B, P + L, D).
 
         The prefix is inserted after the token embedding and before the first block (the
-        paper's soft prompting); the caller drops the first P positions of the output. `states`
+        paper's soft prompting); the caller drops the first P positions of the output.
+        `suffix_embeds` (S, D) or (B, S, D) go after the last token instead (-> (B, L + S, D)): a
+        causal model's last position then reads the whole sequence and the prompt. `states`
         (`init_states`): record the positions for decoding on with `step`.
         """
         prefix_len = 0 if prefix_embeds is None else prefix_embeds.shape[-2]
-        self.check_input_ids(input_ids, prefix_len)
+        suffix_len = 0 if suffix_embeds is None else suffix_embeds.shape[-2]
+        self.check_input_ids(input_ids, prefix_len + suffix_len)
         hidden = self.embeddings(input_ids.long())
         if prefix_embeds is not None:
             if prefix_embeds.dim() == 2:
                 prefix_embeds = prefix_embeds.unsqueeze(0).expand(hidden.shape[0], -1, -1)
             hidden = torch.cat([prefix_embeds.to(hidden.dtype), hidden], dim=1)
+        if suffix_embeds is not None:
+            if suffix_embeds.dim() == 2:
+                suffix_embeds = suffix_embeds.unsqueeze(0).expand(hidden.shape[0], -1, -1)
+            hidden = torch.cat([hidden, suffix_embeds.to(hidden.dtype)], dim=1)
         residual = self.embed_dropout(hidden)
         for i, layer in enumerate(self.layers):
             if states is not None:

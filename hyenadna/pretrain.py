@@ -10,13 +10,13 @@ very same validation windows.
 
 from __future__ import annotations
 
+import math
 import pickle
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -33,6 +33,7 @@ from hyenadna.run import (
     check_checkpoint_dirs,
     check_optimizer,
     metrics_csv,
+    plot_loss_curves,
     prepare_resumed_metrics,
     record_run_config,
     start_run,
@@ -93,38 +94,6 @@ def markov_baselines(dm: PretrainDataModule, orders: list[int]) -> dict[int, flo
     assert dm.val_dataset is not None
     val_items = [dm.val_dataset[i] for i in range(len(dm.val_dataset))]
     return {k: MarkovBaseline(k).fit(train_seqs).perplexity(val_items) for k in orders}
-
-
-def plot_losses(metrics_csv: Path, png: Path) -> None:
-    """Train (per logged step) and validation loss against optimizer step, as a PNG."""
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train: list[tuple[int, float]] = []
-    val: list[tuple[int, float]] = []
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("train/loss"):
-                train.append((int(row["step"]), float(row["train/loss"])))
-            if row.get("val/loss"):
-                val.append((int(row["step"]), float(row["val/loss"])))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if train:
-        ax.plot(*zip(*train), label="train loss", alpha=0.6)
-    if val:
-        ax.plot(*zip(*val), "o-", label="valid loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats / base)")
-    ax.axhline(np.log(4), color="grey", ls=":", label="uniform over ACGT")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
 
 
 def fit(cfg: DictConfig) -> dict[str, Any]:
@@ -193,7 +162,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
 
     csv_path = metrics_csv(trainer)
     if csv_path is not None and csv_path.is_file():
-        plot_losses(csv_path, out / "loss_curves.png")
+        plot_loss_curves(csv_path, out / "loss_curves.png", reference=(math.log(4), "uniform over ACGT"))
         result["metrics_csv"], result["plot"] = str(csv_path), str(out / "loss_curves.png")
 
     orders = list(cfg.baseline.markov_orders) if cfg.get("baseline") else []

@@ -542,6 +542,77 @@ def prepare_resumed_metrics(out: Path, ckpt_path: str | os.PathLike[str]) -> str
 
 
 # --------------------------------------------------------------------------------------------
+# Loss curves (train.py and finetune.py write loss_curves.png)
+# --------------------------------------------------------------------------------------------
+
+
+def robust_ylim(train: list[float], others: list[float]) -> tuple[float, float]:
+    """Y-limits that show the curves rather than the first steps' spike: the train losses after
+    the first tenth of the points (at least one point dropped when there are 4+), up to their
+    99th percentile, always including every point of `others` (validation)."""
+    skip = max(1, len(train) // 10) if len(train) >= 4 else 0
+    tail = sorted(train[skip:])
+    values = list(others)
+    if tail:
+        values += [tail[0], tail[min(len(tail) - 1, int(0.99 * (len(tail) - 1) + 0.5))]]
+    if not values:
+        return 0.0, 1.0
+    lo, hi = min(values), max(values)
+    pad = 0.08 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
+    return lo - pad, hi + pad
+
+
+def plot_loss_curves(metrics_csv: Path, png: Path, ylabel: str = "cross-entropy (nats / base)",
+                     reference: tuple[float, str] | None = None, metric: str | None = None) -> tuple[float, float]:
+    """Train (per logged step) and validation loss against optimizer step as a PNG, y-range by
+    `robust_ylim`; `reference` (value, label) a dotted line; `metric` (e.g. ``val/acc``) a second
+    panel, the validation metric per epoch. Returns the loss panel's y-limits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train: list[tuple[int, float]] = []
+    val: list[tuple[int, float]] = []
+    per_epoch: list[tuple[int, float]] = []
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("train/loss"):
+                train.append((int(row["step"]), float(row["train/loss"])))
+            if row.get("val/loss"):
+                val.append((int(row["step"]), float(row["val/loss"])))
+            if metric and row.get(metric) and row.get("epoch", "") != "":
+                per_epoch.append((int(float(row["epoch"])), float(row[metric])))
+    panels = 2 if metric else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    ax = axes[0][0]
+    if train:
+        ax.plot(*zip(*train), label="train loss", alpha=0.6)
+    if val:
+        ax.plot(*zip(*val), "o-", label="valid loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    refs = [reference[0]] if reference else []
+    ylim = robust_ylim([v for _, v in train], [v for _, v in val] + refs)
+    ax.set_ylim(*ylim)
+    if reference:
+        ax.axhline(reference[0], color="grey", ls=":", label=reference[1])
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if metric:
+        ax2 = axes[0][1]
+        if per_epoch:
+            ax2.plot(*zip(*per_epoch), "o-", color="C2")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel(f"validation {metric.split('/')[-1]}")
+        ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return ylim
+
+
+# --------------------------------------------------------------------------------------------
 # Loggers and the start of a run
 # --------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hyenadna.adapt import FinetuneModule, SoftPrompt, label_token_ids
+from hyenadna.adapt import FinetuneModule, SoftPrompt, label_token_ids, prompt_init_ids
 from hyenadna.icl import build_prompt, demonstration, evaluate_icl, sample_demos
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 from hyenadna.tasks import Split, TaskDataModule
@@ -186,3 +186,57 @@ def test_losses_and_metrics_for_every_problem_type(problem_type: str, labels: to
     assert set(values) == expected
     if problem_type == "regression":
         assert float(values["val/mse"]) == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_suffix_prompt_is_read_by_the_last_position_and_pooled() -> None:
+    lm = tiny_lm().eval()
+    ids = torch.randint(7, 11, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    for readout in ("head", "token"):
+        module = FinetuneModule(lm, 2, method="soft_prompt", readout=readout, n_soft_tokens=3, pooling="last",
+                                prompt_position="suffix").eval()
+        prompt = module.prompt()
+        hidden = lm.backbone(ids, suffix_embeds=prompt)
+        assert hidden.shape == (2, 13, 16)
+        # causal: the sequence positions are those of the sequence alone; only the prompt's see both
+        assert torch.allclose(hidden[:, :10], lm.backbone(ids), atol=1e-5)
+        last = module.model.head(hidden[:, -1]) if readout == "head" else lm.lm_head(hidden[:, -1])
+        assert torch.allclose(module(ids, mask), last, atol=1e-5)
+        assert torch.allclose(module(ids), last, atol=1e-5)
+    mean = FinetuneModule(lm, 2, method="soft_prompt", n_soft_tokens=3, pooling="mean",
+                          prompt_position="suffix").eval()
+    left = torch.cat([torch.full((2, 2), PAD), ids], 1)
+    lmask = torch.cat([torch.zeros(2, 2, dtype=torch.long), mask], 1)
+    hidden = lm.backbone(left, suffix_embeds=mean.prompt())
+    assert torch.allclose(mean(left, lmask), mean.model.head(hidden[:, 2:].mean(1)), atol=1e-5)
+    with pytest.raises(ValueError, match="prompt_position must be one of"):
+        FinetuneModule(lm, 2, method="soft_prompt", n_soft_tokens=3, prompt_position="middle")
+    with pytest.raises(ValueError, match=r"60 tokens \+ 8 soft-prompt positions = 68 exceeds the model's l_max=64"):
+        FinetuneModule(lm, 2, method="soft_prompt", n_soft_tokens=8, prompt_position="suffix").eval()(
+            torch.randint(7, 11, (1, 60)))
+
+
+def test_prompt_init_from_sequence_and_vocab_embeddings() -> None:
+    lm = tiny_lm()
+    seq = torch.tensor([7, 8, 9, 10, 10])
+    module = FinetuneModule(lm, 2, method="soft_prompt", n_soft_tokens=12, prompt_init="sequence",
+                            prompt_init_sequence=seq)
+    tiled = seq.repeat(3)[:12]
+    assert torch.equal(module.prompt.embeds.detach(), lm.backbone.embeddings(tiled).detach())
+    vocab = FinetuneModule(lm, 2, method="soft_prompt", n_soft_tokens=6, prompt_init="vocab").prompt.embeds.detach()
+    bases = lm.backbone.embeddings(torch.arange(7, 11)).detach()
+    assert all(any(torch.equal(row, b) for b in bases) for row in vocab)
+    assert prompt_init_ids("noise", 4) is None
+    with pytest.raises(ValueError, match="prompt_init must be one of"):
+        prompt_init_ids("zeros", 4)
+
+
+def test_frozen_backbone_has_no_dropout_while_training() -> None:
+    torch.manual_seed(0)
+    lm = HyenaDNAForCausalLM(HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=64, filter_order=8,
+                                         embed_dropout=0.5, resid_dropout=0.5))
+    ids = torch.randint(7, 11, (2, 12))
+    frozen = FinetuneModule(lm, 2, method="soft_prompt", n_soft_tokens=4, prompt_dropout=0.0).train()
+    assert torch.equal(frozen(ids), frozen(ids))  # the backbone's dropout is off
+    full = FinetuneModule(lm, 2, method="full").train()
+    assert not torch.equal(full(ids), full(ids))  # ...and would change the output if it were on

@@ -131,10 +131,13 @@ def test_smoke_finetune_from_smoke_pretraining(tmp_path: Path, smoke_checkpoint:
     out = tmp_path / "ft"
     cfg = finetune_cfg(f"pretrained={smoke_checkpoint}", f"method={method}", "task=table", f"task.data={task_dir}",
                        "task.sequence_column=seq", "task.label_columns=y", "task.batch_size=8",
-                       "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "logger=none",
-                       "icl_shots=[0]", f"output_dir={out}", "torch_threads=1")
+                       "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "logger=csv",
+                       "icl_shots=[0]", f"output_dir={out}", "torch_threads=1", "baseline.kmer_sizes=[2,3]")
     result = fit(cfg)
     saved = json.loads((out / "results.json").read_text())
+    # the k-mer floor, fitted on the same examples: GC content separates the toy classes
+    assert saved["kmer_baseline_acc"] == result["kmer_baseline_acc"] >= 0.75 and saved["kmer_sizes"] == [2, 3]
+    assert (out / "loss_curves.png").is_file() and saved["plot"] == str(out / "loss_curves.png")
     assert saved["test"] == result["test"]
     assert set(result["test"]) >= {"acc", "mcc", "f1", "auroc", "loss"}
     assert 0.0 <= result["test"]["acc"] <= 1.0
@@ -146,8 +149,14 @@ def test_smoke_finetune_from_smoke_pretraining(tmp_path: Path, smoke_checkpoint:
 def test_bad_setups_fail_before_training(tmp_path: Path, smoke_checkpoint: str, task_dir: Path) -> None:
     base = [f"pretrained={smoke_checkpoint}", "task=table", f"task.data={task_dir}", "task.sequence_column=seq",
             "task.label_columns=y", f"output_dir={tmp_path}", "logger=none"]
-    with pytest.raises(ValueError, match=r"task.max_length=100 exceeds what the model allows here \(2 tokens"):
+    with pytest.raises(ValueError, match=r"n_soft_tokens=128 prompt tokens do not fit beside the task: its length "
+                                         r"is 100 tokens \(task.max_length\) and the model's l_max=130 leaves room "
+                                         r"for at most 30 prompt tokens"):
         fit(finetune_cfg(*base, "method=soft_prompt", "method.n_soft_tokens=128", "task.max_length=100"))
+    with pytest.raises(ValueError, match=r"n_soft_tokens=100 prompt tokens do not fit beside the task: its length "
+                                         r"is 60 tokens \(longest sequence\) and the model's l_max=130 leaves room "
+                                         r"for at most 70 prompt tokens; .*task.max_length<=30"):
+        fit(finetune_cfg(*base, "method=soft_prompt", "method.n_soft_tokens=100"))
     with pytest.raises(ValueError, match="n_soft_tokens=200 leaves no room in the model's l_max=130"):
         fit(finetune_cfg(*base, "method=soft_prompt", "method.n_soft_tokens=200"))
     with pytest.raises(ValueError, match=r"column\(s\) \['label'\] not found"):
