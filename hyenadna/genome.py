@@ -75,6 +75,9 @@ class _LeftOpen:
         self._f.flush()
 
 
+BGZF_BLOCK_SIZE = 0xFF00  # uncompressed bytes per block, as htslib's bgzip writes them
+
+
 class BgzfWriter(bgzf.BgzfWriter):
     """Biopython's BGZF (block gzip) writer on a binary file the caller owns.
 
@@ -86,6 +89,22 @@ class BgzfWriter(bgzf.BgzfWriter):
 
     def __init__(self, fileobj: BinaryIO, level: int = 6) -> None:
         super().__init__(fileobj=_LeftOpen(fileobj), compresslevel=level)
+
+    # Blocks of htslib's size (BGZF_BLOCK_SIZE, 0xff00) instead of Biopython's 65536: a read that
+    # ends at the end of a full 65536-byte block needs the in-block offset 65536, which a virtual
+    # offset cannot hold, and pyfaidx (through Bio.bgzf) then fails on that window.
+    def write(self, data: bytes | str) -> None:
+        self._buffer += data.encode("latin-1") if isinstance(data, str) else data
+        while len(self._buffer) >= BGZF_BLOCK_SIZE:
+            self._write_block(self._buffer[:BGZF_BLOCK_SIZE])
+            self._buffer = self._buffer[BGZF_BLOCK_SIZE:]
+
+    def flush(self) -> None:
+        self.write(b"")
+        if self._buffer:
+            self._write_block(self._buffer)
+            self._buffer = b""
+        self._handle.flush()
 
     def __enter__(self) -> BgzfWriter:
         return self

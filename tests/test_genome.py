@@ -485,3 +485,20 @@ def test_download_failure_is_a_clear_error(tmp_path: Path) -> None:
     prep = load_prepare_script()
     with pytest.raises(RuntimeError, match="cannot download .*missing.fa.gz"):
         prep.download((tmp_path / "missing.fa.gz").as_uri(), tmp_path / "out.fa.gz")
+
+
+def test_windows_that_end_at_a_bgzf_block_boundary_are_read(tmp_path: Path) -> None:
+    """A BGZF FASTA we write is read by pyfaidx at every window that starts or ends near a block
+    boundary (with Biopython's 65536-byte blocks a window starting at a block's end failed: in-block
+    offset 65536)."""
+    from hyenadna.genome import BGZF_BLOCK_SIZE
+
+    seq = random_dna(5, 300_000)
+    text = ">chr1\n" + "".join(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
+    genome = Genome(write_bgzf(tmp_path / "g.fa.gz", text))
+    for block in (BGZF_BLOCK_SIZE, 65536):
+        for k in range(1, len(text) // block + 1):
+            pos = (k * block - 6) * 60 // 61  # the base nearest uncompressed byte k * block
+            for x in range(pos - 3, pos + 4):
+                assert genome.fetch("chr1", x - 100, x) == seq[x - 100:x]
+                assert genome.fetch("chr1", x, x + 100) == seq[x:x + 100]
