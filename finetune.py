@@ -9,10 +9,12 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="configs/finetune", config_name="finetune")
 def main(cfg: DictConfig) -> None:
     """Run `hyenadna.finetune.fit`; it prints the test table and writes results.json."""
-    # torch_threads: auto shares the cores with other jobs: idle OpenMP threads then sleep instead
-    # of spinning on cores another job needs. libgomp reads this once, when torch loads: set it
-    # before the first hyenadna import (which imports torch).
-    if cfg.get("torch_threads") == "auto":
+    # torch_threads: auto with HYENADNA_JOBS > 1 (or several local processes) shares the cores:
+    # idle OpenMP threads then sleep instead of spinning on cores another job needs. Not for a job
+    # alone: sleeping threads cost it 15-50% (benchmarks/README.md). libgomp reads this once, when
+    # torch loads: set it before the first hyenadna import (which imports torch).
+    jobs = int(os.environ.get("HYENADNA_JOBS", "1") or 1) * int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if cfg.get("torch_threads") == "auto" and jobs > 1:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from hyenadna.runtime import check_switch, use_huge_pages
 

@@ -8,9 +8,10 @@ with cores / jobs threads (its `solo` row): `vs fair share` 1.00 means the jobs 
 other beyond the cores they split. Settings (the environment each job starts with):
   default      PyTorch's defaults: as many intra-op threads as cores in every job, OpenMP threads spin
                while idle (libgomp's default)
-  auto         torch_threads: auto as train.py applies it: OMP_WAIT_POLICY=PASSIVE, threads = the
-               cores in the affinity mask / (HYENADNA_JOBS x LOCAL_WORLD_SIZE), here with HYENADNA_JOBS unset
-  auto-jobs    the same with HYENADNA_JOBS=--jobs: each job takes its fair share of threads
+  auto         torch_threads: auto as train.py applies it with HYENADNA_JOBS unset: threads = the
+               cores in the affinity mask, OpenMP's default waits (what a job alone runs fastest with)
+  auto-jobs    the same with HYENADNA_JOBS=--jobs, as train.py applies it: each job takes its fair
+               share of threads and idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE)
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ def run(jobs: int, setting: str, args: argparse.Namespace, threads: str | None =
     for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "HYENADNA_JOBS", "MKL_NUM_THREADS"):
         env.pop(key, None)
     if setting.startswith("auto"):
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
         threads = threads or "auto"
-    if setting == "auto-jobs":
+    if setting == "auto-jobs":  # as train.py applies HYENADNA_JOBS > 1: passive waits, the fair share of threads
         env["HYENADNA_JOBS"] = str(args.jobs)
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     cmd = [sys.executable, __file__, "--child", threads or "default", "--seconds", str(args.seconds),
            "--batch", str(args.batch), "--length", str(args.length)]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
@@ -90,8 +91,11 @@ def main() -> None:
     print(f"# {args.jobs} concurrent tiny-1k training jobs (batch {args.batch} x {args.length}, AdamW) on {cores} cores, "
           f"{args.seconds:.0f} s each; fair share = one job alone with {share} thread(s)")
     solo = run(1, "auto-jobs", args, threads=str(share))[0]
+    alone = run(1, "auto", args)[0]
     print(f"{'setting':>10} {'tokens/s per job':>18} {'vs fair share':>14}  thread settings of job 1")
     print(f"{'solo':>10} {solo['tokens_s']:>18,.0f} {1:>14.2f}  {solo['settings']}", flush=True)
+    print(f"{'alone':>10} {alone['tokens_s']:>18,.0f} {alone['tokens_s'] / solo['tokens_s']:>14.2f}  "
+          f"{alone['settings']}  (one job, auto, all cores)", flush=True)
     for setting in args.settings:
         res = run(args.jobs, setting, args)
         per_job = sum(r["tokens_s"] for r in res) / len(res)
