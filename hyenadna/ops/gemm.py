@@ -50,11 +50,7 @@ onednn_for_tn = True
 
 def matmul_tn(a: Tensor, b: Tensor) -> Tensor:
     """a (K, M)^T @ b (K, N) -> a new (M, N): the weight-gradient form (K: the tokens). Through
-    oneDNN (with its transposing copies) when `onednn_active() and onednn_for_tn` and M < N, else
-    torch.mm."""
-    if onednn_for_tn and onednn_active() and a.shape[1] < b.shape[1]:
-        # Only for outputs wider than tall (fc2's, out_proj's weight gradients): measured at the tiny
-        # models' shapes, oneDNN's transposing copies lose to torch.mm on the others (0.63-0.85x at
-        # 2 threads) and win on these (1.2-1.6x); benchmarks/README.md, bench_gemm.py.
+    oneDNN (with its transposing copies) when `onednn_active() and onednn_for_tn`, else torch.mm."""
+    if onednn_for_tn and onednn_active():
         return matmul_nt(a.mT, b.mT)
     return torch.mm(a.mT, b)
