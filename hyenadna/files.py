@@ -21,6 +21,7 @@ import errno
 import gzip
 import io
 import os
+import re
 import shutil
 import uuid
 import zlib
@@ -35,6 +36,20 @@ def temporary_sibling(path: str | os.PathLike[str]) -> Path:
     """A fresh hidden name in the folder of `path` (same filesystem, so a rename is atomic)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+
+
+_TEMPORARY_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the `temporary_sibling` files in `folder` that a killed writer left (kill -9 during a
+    write); call it only where no other process may be writing. Returns what was removed."""
+    removed = []
+    for p in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        if p.is_file() and _TEMPORARY_NAME.match(p.name):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def make_temporary_folder(path: str | os.PathLike[str]) -> Path:

@@ -37,7 +37,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
 from hyenadna.compile import check_compile_flag
-from hyenadna.files import atomic_write, describe_os_error, write_text_atomic
+from hyenadna.files import atomic_write, describe_os_error, remove_stale_temporaries, write_text_atomic
 from hyenadna.ops.buffers import buffer_pool
 from hyenadna.runtime import check_switch, huge_pages_state, keep_freed_memory, resolve_threads, thread_settings
 
@@ -257,6 +257,10 @@ def check_checkpoint_dirs(callbacks: list[pl.Callback]) -> None:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise PermissionError(f"checkpoint folder {p} cannot be created: {err.strerror or err}") from None
+        # A run killed while writing a checkpoint leaves its temporary file; before training no
+        # process of this run writes here (another run in this folder is refused or resumed).
+        for stale in remove_stale_temporaries(p):
+            print(f"removed {stale}: a checkpoint write that a killed run left unfinished")
 
 
 def save_config(cfg: DictConfig, out: Path, resolve: bool) -> None:

@@ -18,12 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
 from hyenadna.pretrain import fit
-from hyenadna.run import AtomicCheckpointIO, RunCheckpoint, carry_metrics, check_targets, run_and_report
+from hyenadna.run import (AtomicCheckpointIO, RunCheckpoint, carry_metrics, check_checkpoint_dirs, check_targets,
+                          run_and_report)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -384,3 +386,17 @@ def test_resumed_in_place_rows_survive_a_second_kill(tmp_path: Path, uninterrupt
     assert metrics_rows(out) == metrics_rows(ref)
     assert resumed["val_loss"] == ref_result["val_loss"]
     assert os.listdir(out / "checkpoints") == ["last.ckpt"]
+
+
+def test_a_checkpoint_write_left_by_a_killed_run_is_removed_before_training(tmp_path: Path, capsys) -> None:
+    """kill -9 during a checkpoint write leaves `.last.ckpt.tmp-<hex>`; the next run in that folder
+    removes it before training (and nothing else: the checkpoint and the user's files stay)."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    stale = folder / ".last.ckpt.tmp-0123456789ab"
+    stale.write_bytes(b"half a checkpoint")
+    (folder / "last.ckpt").write_bytes(b"the checkpoint")
+    (folder / ".notes.tmp-mine").write_text("the user's")
+    check_checkpoint_dirs([pl.callbacks.ModelCheckpoint(dirpath=str(folder))])
+    assert sorted(p.name for p in folder.iterdir()) == [".notes.tmp-mine", "last.ckpt"]
+    assert str(stale) in capsys.readouterr().out
