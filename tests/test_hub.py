@@ -7,8 +7,6 @@ runs offline (HF_HUB_OFFLINE=1).
 
 from __future__ import annotations
 
-import collections
-import json
 import os
 import subprocess
 import sys
@@ -17,12 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
 from hyenadna import load_pretrained
-from hyenadna.checkpoint import RELEASED_MODELS, config_to_hf, hub_repo_id, read_checkpoint, to_hf_state_dict
+from hyenadna.checkpoint import RELEASED_MODELS, hub_repo_id, read_checkpoint
 from hyenadna.finetune import load_language_model
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_checkpoint import write_hf  # noqa: E402  (the -hf layout, written once for both test files)
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=66, filter_order=8)
@@ -39,14 +39,7 @@ def add_snapshot(cache: Path, repo_id: str, commit: str, model: HyenaDNAForCausa
                  fmt: str = "safetensors") -> Path:
     """One -hf snapshot of `model` in the cache layout of huggingface_hub; `refs` (main, tags) point at it."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    sd = to_hf_state_dict(model)
-    if fmt == "safetensors":
-        save_file(sd, str(snap / "model.safetensors"))
-    else:
-        torch.save(collections.OrderedDict(sd), snap / "pytorch_model.bin")
-    (snap / "config.json").write_text(json.dumps({**config_to_hf(model.config), "architectures": ["HyenaDNAForCausalLM"]}))
+    snap = write_hf(model, repo / "snapshots" / commit, fmt)
     for ref in refs:
         (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / ref).write_text(commit)
