@@ -100,8 +100,7 @@ class BgzfWriter(bgzf.BgzfWriter):
             self._buffer = self._buffer[BGZF_BLOCK_SIZE:]
 
     def flush(self) -> None:
-        self.write(b"")
-        if self._buffer:
+        if self._buffer:  # write() keeps it under one block
             self._write_block(self._buffer)
             self._buffer = b""
         self._handle.flush()
