@@ -862,6 +862,26 @@ def test_onednn_products_equal_torch_mm_to_fp32_rounding(transposed: bool, monke
     torch.testing.assert_close(got64, exact, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("m, n", [(70, 50), (50, 70)])
+def test_weight_gradient_products_equal_the_exact_sum_to_fp32_rounding(m: int, n: int, monkeypatch) -> None:
+    """`ops.gemm.matmul_tn(a, b)` = a^T b within the fp32 bound of a K-term sum on every route:
+    oneDNN with the operands either way round (M > N computes b^T a and transposes it), torch.mm;
+    the result is a contiguous (M, N) tensor."""
+    from hyenadna.ops import gemm
+
+    torch.manual_seed(0)
+    k = 300
+    a, b = torch.randn(k, m), torch.randn(k, n)
+    exact = a.double().mT @ b.double()
+    bound = gamma(k) * (a.double().abs().mT @ b.double().abs())
+    for onednn, for_tn in ((True, True), (True, False), (False, True)):
+        monkeypatch.setattr(gemm, "use_onednn", onednn and gemm.onednn_available())
+        monkeypatch.setattr(gemm, "onednn_for_tn", for_tn)
+        got = gemm.matmul_tn(a, b)
+        assert got.shape == (m, n) and got.is_contiguous() and got.dtype == torch.float32
+        assert bool(((got.double() - exact).abs() <= bound).all())
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_projections_and_mlp_agree_on_both_product_routes(batch: int, monkeypatch) -> None:
     """Training steps of a small LM with the products through oneDNN and through torch.mm give
