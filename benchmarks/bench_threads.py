@@ -8,8 +8,10 @@ with cores / jobs threads (its `solo` row): `vs fair share` 1.00 means the jobs 
 other beyond the cores they split. Settings (the environment each job starts with):
   default      PyTorch's defaults: as many intra-op threads as cores in every job, OpenMP threads spin
                while idle (libgomp's default)
-  auto         torch_threads: auto as train.py applies it with HYENADNA_JOBS unset: threads = the
-               cores in the affinity mask, OpenMP's default waits (what a job alone runs fastest with)
+  auto         torch_threads: auto as train.py applies it with HYENADNA_JOBS unset: the jobs find
+               each other (hyenadna.runtime.JobRegistry), each takes cores / running jobs threads and
+               looks again every 2 s (ThreadShare), OpenMP's default waits (what a job alone runs
+               fastest with)
   auto-jobs    the same with HYENADNA_JOBS=--jobs, as train.py applies it: each job takes its fair
                share of threads and idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE)
 """
@@ -21,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 SETTINGS = ("default", "auto", "auto-jobs")
@@ -31,9 +34,11 @@ def child(seconds: float, batch: int, length: int, threads: str) -> dict[str, fl
     import torch
 
     from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
-    from hyenadna.runtime import resolve_threads, thread_settings, use_huge_pages
+    from hyenadna.runtime import ThreadShare, jobs, resolve_threads, thread_settings, use_huge_pages
 
     use_huge_pages(True)
+    jobs.register()
+    share = ThreadShare() if threads == "auto" else None
     n = resolve_threads("auto" if threads == "auto" else (int(threads) if threads != "default" else None))
     if n is not None:
         torch.set_num_threads(n)
@@ -43,6 +48,8 @@ def child(seconds: float, batch: int, length: int, threads: str) -> dict[str, fl
     data = torch.randint(7, 11, (batch, length + 1))
 
     def step() -> None:
+        if share is not None:
+            share.update()
         model(data[:, :-1], targets=data[:, 1:]).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -67,8 +74,10 @@ def run(jobs: int, setting: str, args: argparse.Namespace, threads: str | None =
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     cmd = [sys.executable, __file__, "--child", threads or "default", "--seconds", str(args.seconds),
            "--batch", str(args.batch), "--length", str(args.length)]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
-    return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    with tempfile.TemporaryDirectory() as registry:  # these jobs see each other, nothing else
+        env["HYENADNA_JOBS_DIR"] = registry
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
+        return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ from hyenadna.run import (
     metrics_csv,
     plot_loss_curves,
     record_run_config,
+    runtime_callbacks,
     start_run,
     use_atomic_checkpoints,
 )
@@ -203,7 +204,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     monitor, mode = default_monitor(task.problem_type) if cfg.monitor == "auto" else (cfg.monitor, cfg.get("monitor_mode", "max"))
     ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
                                            mode=mode, save_top_k=1, save_last=False)
-    callbacks: list[pl.Callback] = [ckpt_cb]
+    callbacks: list[pl.Callback] = [ckpt_cb, *runtime_callbacks(cfg)]
     if cfg.early_stopping_patience:
         callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                     patience=int(cfg.early_stopping_patience)))

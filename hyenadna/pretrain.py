@@ -36,6 +36,7 @@ from hyenadna.run import (
     plot_loss_curves,
     prepare_resumed_metrics,
     record_run_config,
+    runtime_callbacks,
     start_run,
     use_atomic_checkpoints,
 )
@@ -123,6 +124,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("compile", False):
         compile_model(module.model)
     callbacks = [build(node, f"callbacks.{name}") for name, node in (cfg.callbacks or {}).items() if node is not None]
+    callbacks += runtime_callbacks(cfg)
     check_checkpoint_dirs(callbacks)
     loggers = build_loggers(cfg, out)
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(out))

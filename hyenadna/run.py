@@ -39,7 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 from hyenadna.compile import check_compile_flag
 from hyenadna.files import atomic_write, describe_os_error, remove_stale_temporaries, write_text_atomic
 from hyenadna.ops.buffers import buffer_pool
-from hyenadna.runtime import check_switch, huge_pages_state, keep_freed_memory, resolve_threads, thread_settings
+from hyenadna.runtime import (ThreadShare, available_cores, check_switch, huge_pages_state, jobs, jobs_sharing_cores,
+                              keep_freed_memory, resolve_threads, thread_settings)
 
 # Every callable a config may instantiate, by exact dotted name. A prefix rule is not enough:
 # Hydra resolves `hyenadna.checkpoint.torch.load` through the module's attributes.
@@ -666,6 +667,27 @@ def metrics_csv(trainer: pl.Trainer) -> Path | None:
                  if isinstance(lg, pl.loggers.CSVLogger)), None)
 
 
+class ThreadShareCallback(pl.Callback):
+    """`torch_threads: auto` through the run, not only at its start (`hyenadna.runtime.ThreadShare`):
+    before a training batch, at most every `interval_s`, the share of the cores is recomputed from
+    the hyenadna jobs running now and applied, with a line saying so."""
+
+    def __init__(self, interval_s: float = 2.0) -> None:
+        self.share = ThreadShare(interval_s)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if (threads := self.share.update()) is not None:
+            print(f"threads: intra-op {threads} now ({jobs_sharing_cores()} job(s) share {available_cores()} cores)",
+                  flush=True)
+
+
+def runtime_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The callbacks every run gets from its runtime settings: `ThreadShareCallback` under
+    `torch_threads: auto`."""
+    return [ThreadShareCallback()] if cfg.get("torch_threads") == "auto" else []
+
+
 def start_run(cfg: DictConfig, known_keys: frozenset[str], resume_from: str | None = None) -> Path:
     """Checks shared by train.py and finetune.py before any work: top-level keys, `_target_`s, the
     true/false switches, the output folder (`prepare_output_dir`); then threads, memory settings
@@ -680,6 +702,7 @@ def start_run(cfg: DictConfig, known_keys: frozenset[str], resume_from: str | No
     keep = check_switch("cpu_keep_freed_memory", cfg.get("cpu_keep_freed_memory", False))
     reuse = check_switch("cpu_reuse_buffers", cfg.get("cpu_reuse_buffers", True))
     out = prepare_output_dir(cfg.output_dir, resume_from)
+    jobs.register()  # other jobs' `torch_threads: auto` counts this one (until run_and_report returns)
     threads = resolve_threads(cfg.get("torch_threads"))
     if threads is not None:
         torch.set_num_threads(threads)
@@ -735,6 +758,7 @@ def run_and_report(fit: Callable[[DictConfig], Any], cfg: DictConfig, prog: str)
             raise
         finally:
             _created_run_dirs.clear()
+            jobs.unregister()
     except RunInterrupted as err:
         print(f"{prog}: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None

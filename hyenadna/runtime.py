@@ -32,10 +32,12 @@ adds is everything else a whole model allocates (MLP, norms, LM head):
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -140,8 +142,11 @@ def huge_pages_state() -> tuple[bool, str]:
 
 # Environment variable naming how many hyenadna jobs share this machine's cores (`torch_threads:
 # auto` divides the cores available to this process by it); LOCAL_WORLD_SIZE, set by torchrun and
-# Lightning for multi-process training on one machine, counts too.
+# Lightning for multi-process training on one machine, counts too. Unset, the jobs count each
+# other through `JobRegistry`.
 JOBS_ENV = "HYENADNA_JOBS"
+# Where running jobs note themselves (default: <tempdir>/hyenadna-jobs-<uid>).
+JOBS_DIR_ENV = "HYENADNA_JOBS_DIR"
 
 
 def available_cores() -> int:
@@ -161,19 +166,141 @@ def _positive_env(name: str) -> int:
     return int(value)
 
 
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat): with
+    the pid it names one process, since pids are reused. None where there is no such process (or
+    no /proc: not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # after "pid (comm)": field 3 (state) onwards
+    return fields[19] if len(fields) > 19 else None
+
+
+class JobRegistry:
+    """The hyenadna jobs running on this machine, so that `torch_threads: auto` can share the cores
+    without being told how many there are (HYENADNA_JOBS).
+
+    Each job writes one file, named by its pid and holding its start time, into a folder of this
+    user's (HYENADNA_JOBS_DIR, default <tempdir>/hyenadna-jobs-<uid>); `count` reads the folder and
+    counts the files whose process is still the one that wrote them, deleting the others (a job
+    killed with -9 leaves its file behind). Linux only (/proc); elsewhere, and where the folder
+    cannot be written, every job counts itself alone. Jobs in other containers (another /tmp) or of
+    other users are not seen.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self._root = root
+        self._mine: Path | None = None
+        self._atexit = False
+
+    @property
+    def root(self) -> Path:
+        """The registry folder (read from the environment at each use unless given)."""
+        if self._root is not None:
+            return self._root
+        env = os.environ.get(JOBS_DIR_ENV, "").strip()
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        return Path(env) if env else Path(tempfile.gettempdir()) / f"hyenadna-jobs-{uid}"
+
+    def register(self) -> bool:
+        """Note this process as a running job (again after `unregister`; once per process).
+        False where it cannot (no /proc, the folder not writable)."""
+        pid = os.getpid()
+        token = _start_time(pid)
+        if token is None:
+            return False
+        path = self.root / str(pid)
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.write_text(token)
+        except OSError:
+            return False
+        self._mine = path
+        if not self._atexit:
+            atexit.register(self.unregister)
+            self._atexit = True
+        return True
+
+    def unregister(self) -> None:
+        """Remove this process's entry (a forked child that inherited the object leaves it alone)."""
+        if self._mine is not None and self._mine.name == str(os.getpid()):
+            self._mine.unlink(missing_ok=True)
+            self._mine = None
+
+    def count(self) -> int:
+        """Running jobs with an entry, this one included if registered; at least 1."""
+        try:
+            entries = [p for p in self.root.iterdir() if p.name.isdigit()]
+        except OSError:
+            return 1
+        live = 0
+        for path in entries:
+            try:
+                token = path.read_text().strip()
+            except OSError:
+                continue  # removed meanwhile
+            if token and _start_time(int(path.name)) == token:
+                live += 1
+            else:
+                path.unlink(missing_ok=True)  # a process that has ended (or a reused pid)
+        return max(1, live)
+
+
+jobs = JobRegistry()
+
+
+def jobs_sharing_cores() -> int:
+    """How many processes share this machine's cores: HYENADNA_JOBS x LOCAL_WORLD_SIZE where
+    HYENADNA_JOBS is set (a choice made in the shell stands), else the jobs `jobs` counts (each
+    rank of a multi-process run registers itself), at least LOCAL_WORLD_SIZE."""
+    if os.environ.get(JOBS_ENV, "").strip():
+        return _positive_env(JOBS_ENV) * _positive_env("LOCAL_WORLD_SIZE")
+    return max(jobs.count(), _positive_env("LOCAL_WORLD_SIZE"))
+
+
 def resolve_threads(setting: object) -> int | None:
     """The intra-op thread count for a `torch_threads` setting: None -> None (PyTorch's default);
     a positive integer -> itself; 'auto' -> this process's fair share of the cores: the cores in
-    its affinity mask over the jobs sharing them (HYENADNA_JOBS x LOCAL_WORLD_SIZE), at least 1,
-    and at most OMP_NUM_THREADS where that is set (a choice made in the shell stands)."""
+    its affinity mask over the processes sharing them (`jobs_sharing_cores`), at least 1, and at
+    most OMP_NUM_THREADS where that is set (a choice made in the shell stands)."""
     if setting is None:
         return None
     if setting == "auto":
-        share = max(1, available_cores() // (_positive_env(JOBS_ENV) * _positive_env("LOCAL_WORLD_SIZE")))
+        share = max(1, available_cores() // jobs_sharing_cores())
         return min(share, _positive_env("OMP_NUM_THREADS")) if os.environ.get("OMP_NUM_THREADS", "").strip() else share
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise ValueError(f"torch_threads must be a positive integer, 'auto' or null, got {setting!r}")
     return setting
+
+
+class ThreadShare:
+    """`torch_threads: auto` kept up to date while a job runs: `update` (called every step; it
+    looks at most once per `interval_s`) recomputes the share from the jobs running now and
+    applies it, so a job that started alone gives up cores when a second one starts and takes
+    them back when it ends. Without this, the first job keeps all its threads and two jobs on two
+    cores run at about half their fair share each (benchmarks/README.md, threads)."""
+
+    def __init__(self, interval_s: float = 2.0) -> None:
+        self.interval_s = interval_s
+        self._next = 0.0
+
+    def update(self) -> int | None:
+        """The new thread count if it changed (and was applied), else None."""
+        import time
+
+        import torch
+
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self.interval_s
+        threads = resolve_threads("auto")
+        if threads is None or threads == torch.get_num_threads():
+            return None
+        torch.set_num_threads(threads)
+        return threads
 
 
 def thread_settings() -> str:
@@ -182,5 +309,6 @@ def thread_settings() -> str:
     import torch
 
     return (f"threads: intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}, "
-            f"{available_cores()} cores available, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+            f"{available_cores()} cores available, {jobs_sharing_cores()} job(s) sharing them, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")

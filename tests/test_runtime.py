@@ -197,11 +197,12 @@ def test_buffer_pool_releases_idle_storages_of_a_size_no_longer_asked_for() -> N
     assert disabled.held_bytes() == 0
 
 
-def test_resolve_threads_gives_the_fair_share_of_the_cores(monkeypatch) -> None:
+def test_resolve_threads_gives_the_fair_share_of_the_cores(monkeypatch, tmp_path) -> None:
     import hyenadna.runtime as runtime
 
     for key in ("HYENADNA_JOBS", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HYENADNA_JOBS_DIR", str(tmp_path / "jobs"))  # no other job registered
     monkeypatch.setattr(runtime, "available_cores", lambda: 16)
     assert runtime.resolve_threads(None) is None
     assert runtime.resolve_threads(3) == 3
@@ -222,6 +223,89 @@ def test_resolve_threads_gives_the_fair_share_of_the_cores(monkeypatch) -> None:
     monkeypatch.setenv("HYENADNA_JOBS", "two")
     with pytest.raises(ValueError, match="HYENADNA_JOBS must be a positive integer, got 'two'"):
         runtime.resolve_threads("auto")
+
+
+def _register_process(root, pid: int) -> None:
+    """An entry for process `pid` in the job registry at `root`, as its own `register` writes it."""
+    from hyenadna.runtime import _start_time
+
+    root.mkdir(exist_ok=True)
+    (root / str(pid)).write_text(_start_time(pid))
+
+
+needs_proc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the job registry reads /proc")
+
+
+@needs_proc
+def test_job_registry_counts_running_jobs_and_drops_ended_ones(tmp_path) -> None:
+    from hyenadna.runtime import JobRegistry
+
+    root = tmp_path / "jobs"
+    registry = JobRegistry(root)
+    assert registry.count() == 1  # no folder yet: this job alone
+    assert registry.register()
+    assert registry.register()  # once per process, however often
+    assert sorted(p.name for p in root.iterdir()) == [str(os.getpid())]
+    assert registry.count() == 1
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _register_process(root, other.pid)
+        (root / "999999999").write_text("12345")  # a job killed with -9: no such process now
+        (root / str(os.getppid())).write_text("1")  # a live pid, but not the process that wrote it
+        (root / "notes.txt").write_text("not an entry")
+        assert registry.count() == 2
+        assert sorted(p.name for p in root.iterdir()) == sorted([str(os.getpid()), str(other.pid), "notes.txt"])
+    finally:
+        other.kill()
+        other.wait()
+    assert registry.count() == 1
+    assert not (root / str(other.pid)).exists()
+    registry.unregister()
+    assert not (root / str(os.getpid())).exists()
+    assert registry.count() == 1  # unregistered, still at least itself
+
+
+@needs_proc
+def test_thread_share_follows_the_jobs_running_now(monkeypatch, tmp_path) -> None:
+    """torch_threads: auto without HYENADNA_JOBS: a job that started alone drops to its share when
+    another starts, and takes the cores back when that one ends."""
+    import torch
+
+    import hyenadna.runtime as runtime
+
+    for key in ("HYENADNA_JOBS", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    root = tmp_path / "jobs"
+    monkeypatch.setenv("HYENADNA_JOBS_DIR", str(root))
+    monkeypatch.setattr(runtime, "available_cores", lambda: 4)
+    registry = runtime.JobRegistry()
+    monkeypatch.setattr(runtime, "jobs", registry)
+    n = torch.get_num_threads()
+    share = runtime.ThreadShare(interval_s=0.0)
+    try:
+        registry.register()
+        torch.set_num_threads(runtime.resolve_threads("auto"))
+        assert torch.get_num_threads() == 4 and share.update() is None
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            _register_process(root, other.pid)
+            assert share.update() == 2 and torch.get_num_threads() == 2
+            assert "2 job(s) sharing them" in runtime.thread_settings()
+            monkeypatch.setenv("HYENADNA_JOBS", "1")  # a choice made in the shell stands
+            assert share.update() == 4
+            monkeypatch.delenv("HYENADNA_JOBS")
+            assert share.update() == 2
+        finally:
+            other.kill()
+            other.wait()
+        assert share.update() == 4 and torch.get_num_threads() == 4
+        slow = runtime.ThreadShare(interval_s=3600.0)
+        assert slow.update() is None  # already right; the next look is an hour away
+        torch.set_num_threads(1)
+        assert slow.update() is None
+    finally:
+        registry.unregister()
+        torch.set_num_threads(n)
 
 
 def _threads_in_worker(_: int) -> int:
@@ -252,14 +336,25 @@ def test_start_run_prints_the_thread_settings(tmp_path, capsys, monkeypatch) -> 
     from hyenadna.finetune import REPO_ROOT
     from hyenadna.run import start_run
 
+    from hyenadna.run import ThreadShareCallback, runtime_callbacks
+    from hyenadna.runtime import jobs
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HYENADNA_JOBS_DIR", str(tmp_path / "jobs"))
     n = torch.get_num_threads()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs" / "train"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"output_dir={tmp_path}"])
+        cfg = compose("train", overrides=[f"output_dir={tmp_path / 'run'}"])
     assert cfg.torch_threads == "auto"
     try:
         start_run(cfg, frozenset(cfg))
         assert torch.get_num_threads() == 1
+        if sys.platform.startswith("linux"):  # registered, so other jobs' `auto` counts this one
+            assert (tmp_path / "jobs" / str(os.getpid())).exists()
     finally:
+        jobs.unregister()
         torch.set_num_threads(n)
+    assert not (tmp_path / "jobs" / str(os.getpid())).exists()
     assert "threads: intra-op 1, inter-op" in capsys.readouterr().out
+    assert [type(cb) for cb in runtime_callbacks(cfg)] == [ThreadShareCallback]
+    cfg.torch_threads = 2
+    assert runtime_callbacks(cfg) == []
