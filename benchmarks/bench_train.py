@@ -18,7 +18,11 @@ zero_grad; tokens/s counts batch x length. `--fwd-bwd-lengths` adds a table of f
 backward of the whole model at batch --fwd-bwd-batch (1) for each length. Best of --steps (more
 at short lengths) after one warm-up round; `noise` is how far ours' median sat above its best.
 `--compile` adds `compiled` to the training table (hyenadna.compile.compile_model; its first,
-compiling call is timed on its own).
+compiling call is timed on its own). `--products` then times ours' matrix products inside
+--steps more training steps (every call of `hyenadna.ops.gemm.matmul_nt`, through which all
+but the filter MLP's small ones go) and prints their share of the step and the ceiling it sets:
+the official step over that share of ours' best step, the ratio ours would reach if nothing else
+took time.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from official import OfficialLM
 from torch import Tensor, nn
 
 from hyenadna.compile import compile_model, is_compiled
+from hyenadna.ops import gemm
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
 
 
@@ -60,6 +65,29 @@ def check_same(ours: HyenaDNAForCausalLM, others: dict[str, Callable[[Tensor, Te
                 raise SystemExit(f"{name}: gradient of {pname} differs from ours (relative error {err:.1e})")
 
 
+def product_share(step: Callable[[], None], steps: int, clock: Callable[[], float]) -> tuple[float, float]:
+    """(seconds in `hyenadna.ops.gemm.matmul_nt` per step, seconds per step) over `steps` calls
+    of `step`, the products timed call by call with `clock`."""
+    spent = [0.0]
+    original = gemm.matmul_nt
+
+    def timed(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+        start = clock()
+        out = original(a, b, bias)
+        spent[0] += clock() - start
+        return out
+
+    gemm.matmul_nt = timed  # matmul_tn and the ops modules look it up at each call
+    try:
+        start = clock()
+        for _ in range(steps):
+            step()
+        total = clock() - start
+    finally:
+        gemm.matmul_nt = original
+    return spent[0] / steps, total / steps
+
+
 def main() -> None:
     """Print the training table (and the fwd+bwd table with --fwd-bwd-lengths) with both ratios."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,6 +99,8 @@ def main() -> None:
     p.add_argument("--fwd-bwd-lengths", default="", help="comma-separated lengths for the fwd+bwd table")
     p.add_argument("--fwd-bwd-batch", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="also time a torch.compile'd copy of ours")
+    p.add_argument("--products", action="store_true",
+                   help="after the training table, ours' matrix products' share of its step")
     add_memory_flags(p)
     add_thread_flags(p)
     args = p.parse_args()
@@ -130,6 +160,12 @@ def main() -> None:
         print(f"{'impl':>10} {'step ms':>10} {'tokens/s':>9} {'vs official':>12} {'vs reference':>13} {'noise':>6}")
         for name, ts in t.items():
             print(row(name, ts, t, f"{tokens / min(ts):>9,.0f}"), flush=True)
+        if args.products:
+            share, step_s = product_share(steps["ours"], args.steps, CLOCKS[args.clock])
+            ceiling = min(t["official"]) / (min(t["ours"]) * share / step_s)
+            print(f"# ours' products (hyenadna.ops.gemm.matmul_nt): {share * 1e3:.1f} of {step_s * 1e3:.1f} ms per "
+                  f"step ({share / step_s:.0%}); official step / that share of ours' best step = "
+                  f"{ceiling:.2f}x, the ceiling if nothing else took time")
 
     if lengths:
         print(f"\n# {args.preset} forward + loss + backward of the whole model, batch {args.fwd_bwd_batch}, fp32, "
