@@ -10,6 +10,7 @@ the training path, bf16 autocast vs fp32.
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 from dataclasses import replace
 from typing import Callable
@@ -815,6 +816,30 @@ def test_mlp_kernel_equals_its_reference_in_fp64() -> None:
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads(got, g, [x, *params]), grads(want, g, [x, *params])):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_rows", [10, 66, 1000])
+def test_mlp_kernel_in_row_chunks_equals_its_reference(chunk_rows: int, monkeypatch) -> None:
+    """The fp32 route of `ops.mlp`, its products in row chunks (oneDNN's outputs kept under glibc's
+    mmap threshold: here 10 rows, a last partial chunk of 6; one chunk of exactly all 66 rows;
+    one larger than the input) = the fp64 reference: values and all five gradients, within the
+    fp32 rounding of sums of at most 66 unit-scale terms (gamma_66 ~ 4e-6 of their magnitudes)."""
+    mlp_module = importlib.import_module("hyenadna.ops.mlp")  # the package's `mlp` is the function
+
+    torch.manual_seed(0)
+    inner = 32
+    monkeypatch.setattr(mlp_module, "MLP_CHUNK_BYTES", chunk_rows * inner * 4)
+    x = torch.randn(2, 33, 8, requires_grad=True)
+    params = [(torch.randn(inner, 8) / 3).requires_grad_(), torch.randn(inner).requires_grad_(),
+              (torch.randn(8, inner) / 6).requires_grad_(), torch.randn(8).requires_grad_()]
+    g = torch.randn(2, 33, 8)
+    got = mlp(x, *params)
+    assert type(got.grad_fn).__name__ == "MlpFnBackward"
+    x64, params64 = x.detach().double().requires_grad_(), [p.detach().double().requires_grad_() for p in params]
+    want = mlp_ref(x64, *params64)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads(got, g, [x, *params]), grads(want, g.double(), [x64, *params64])):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
 
 
 def test_model_mlp_takes_the_kernel_with_grad_and_the_modules_otherwise() -> None:

@@ -26,6 +26,10 @@ SHORT_CONV_PRODUCT_ELEMENTS = 1 << 24
 # Without grad, the long conv and the in_proj + short conv run in chunks of at most this many
 # (padded) values: 64 MB fp32, so a 1M-token forward never holds a whole (B, D, 2L) spectrum.
 INFERENCE_CHUNK_ELEMENTS = 1 << 24
+# oneDNN's products allocate their outputs themselves, and glibc maps anything of 32 MB or more
+# afresh (faulted in again at every step); so with grad the MLP's (tokens, I) products are made in
+# row chunks of at most this many bytes, which glibc's heap reuses (16k tokens and up, I = 512).
+MLP_CHUNK_BYTES = 16 << 20
 # Without grad, the MLP runs over at most this many tokens (batch x positions) at a time: its
 # (B, L, I) hidden activation is the widest tensor of a block (2 GB at 1M tokens, fp32, I = 512).
 INFERENCE_CHUNK_TOKENS = 1 << 16
