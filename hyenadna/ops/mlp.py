@@ -30,8 +30,11 @@ class MlpFn(torch.autograd.Function):
 
     On the oneDNN route the pre-activation and its gradient, which oneDNN allocates itself, are
     made in row chunks of at most `MLP_CHUNK_BYTES` (one chunk up to 8k tokens at I = 512): a
-    32 MB or larger block would be mapped and faulted in afresh at every step. The weight
-    gradients then sum the chunks' products, a different order of the same sum (fp32 rounding).
+    32 MB or larger block would be mapped and faulted in afresh at every step. The forward copies
+    each chunk into one pooled (tokens, I) buffer, so one chunk's heap block serves the next and
+    the heap does not grow by the whole pre-activation; the backward uses each gradient chunk
+    and drops it. The weight gradients then sum the chunks' products, a different order of the
+    same sum (fp32 rounding).
     """
 
     @staticmethod
@@ -42,22 +45,28 @@ class MlpFn(torch.autograd.Function):
         a = pooled_empty((tokens, inner), x.dtype, x.device)
         if gemm.onednn_active() and x.device.type == "cpu" and x.dtype == torch.float32:
             rows = _chunk_rows(inner, x.element_size())
-            hs = [gemm.matmul_nt(x2[s:s + rows], w1, b1) for s in range(0, tokens, rows)]
-            for s, h in zip(range(0, tokens, rows), hs):
-                torch._C._nn.gelu(h, approximate="tanh", out=a[s:s + rows])
+            if rows >= tokens:
+                h = gemm.matmul_nt(x2, w1, b1)
+                torch._C._nn.gelu(h, approximate="tanh", out=a)
+            else:  # each chunk copied into one pooled buffer: a chunk's heap block serves the next
+                h = pooled_empty((tokens, inner), x.dtype, x.device)
+                for s in range(0, tokens, rows):
+                    part = gemm.matmul_nt(x2[s:s + rows], w1, b1)
+                    torch._C._nn.gelu(part, approximate="tanh", out=a[s:s + rows])
+                    h[s:s + rows] = part
             y = gemm.matmul_nt(a, w2, b2)
         else:
             rows = tokens
-            hs = [torch.addmm(b1, x2, w1.mT, out=pooled_empty((tokens, inner), x.dtype, x.device))]
-            torch._C._nn.gelu(hs[0], approximate="tanh", out=a)
+            h = torch.addmm(b1, x2, w1.mT, out=pooled_empty((tokens, inner), x.dtype, x.device))
+            torch._C._nn.gelu(h, approximate="tanh", out=a)
             y = torch.addmm(b2, a, w2.mT)
         ctx.rows = rows
-        ctx.save_for_backward(x2, w1, w2, a, *hs)
+        ctx.save_for_backward(x2, w1, w2, h, a)
         return y.view(*lead, w2.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x2, w1, w2, a, *hs = ctx.saved_tensors
+        x2, w1, w2, h, a = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
         lead, rows = grad_y.shape[:-1], ctx.rows
         g = grad_y.reshape(-1, grad_y.shape[-1])
@@ -68,11 +77,12 @@ class MlpFn(torch.autograd.Function):
             grad_b2 = g.sum(0)
         if need_x or need_w1 or need_b1:
             w2t, w1t = w2.mT.contiguous(), w1.mT.contiguous()
-            if need_x and len(hs) > 1:
+            tokens = g.shape[0]
+            if need_x and rows < tokens:
                 grad_x = pooled_empty(x2.shape, x2.dtype, x2.device)
-            for s, h in zip(range(0, g.shape[0], rows), hs):
+            for s in range(0, tokens, rows):
                 grad_h = gemm.matmul_nt(g[s:s + rows], w2t)  # the activation's gradient g W2
-                torch.ops.aten.gelu_backward.grad_input(grad_h, h, approximate="tanh", grad_input=grad_h)
+                torch.ops.aten.gelu_backward.grad_input(grad_h, h[s:s + rows], approximate="tanh", grad_input=grad_h)
                 if need_w1:  # grad_h^T x
                     part = gemm.matmul_tn(grad_h, x2[s:s + rows])
                     grad_w1 = part if grad_w1 is None else grad_w1.add_(part)
