@@ -214,7 +214,9 @@ class JobRegistry:
         path = self.root / str(pid)
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.write_text(token)
+            temp = self.root / f".{pid}.tmp"  # then renamed: a reader never sees a half-written entry
+            temp.write_text(token)
+            os.replace(temp, path)
         except OSError:
             return False
         self._mine = path
