@@ -36,6 +36,7 @@ import atexit
 import ctypes
 import ctypes.util
 import os
+import stat
 import sys
 import tempfile
 import warnings
@@ -171,10 +172,10 @@ def _start_time(pid: int) -> str | None:
     the pid it names one process, since pids are reused. None where there is no such process (or
     no /proc: not Linux)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
         return None
-    fields = stat.rpartition(")")[2].split()  # after "pid (comm)": field 3 (state) onwards
+    fields = text.rpartition(")")[2].split()  # after "pid (comm)": field 3 (state) onwards
     return fields[19] if len(fields) > 19 else None
 
 
@@ -214,6 +215,8 @@ class JobRegistry:
         path = self.root / str(pid)
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self._ours(self.root):
+                return False
             temp = self.root / f".{pid}.tmp"  # then renamed: a reader never sees a half-written entry
             temp.write_text(token)
             os.replace(temp, path)
@@ -224,6 +227,13 @@ class JobRegistry:
             atexit.register(self.unregister)
             self._atexit = True
         return True
+
+    @staticmethod
+    def _ours(folder: Path) -> bool:
+        """The folder is a real directory of this user's (in a shared /tmp another user could have
+        made it first, with links planted in it)."""
+        st = folder.lstat()
+        return stat.S_ISDIR(st.st_mode) and (not hasattr(os, "getuid") or st.st_uid == os.getuid())
 
     def unregister(self) -> None:
         """Remove this process's entry (a forked child that inherited the object leaves it alone)."""

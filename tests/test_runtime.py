@@ -263,6 +263,11 @@ def test_job_registry_counts_running_jobs_and_drops_ended_ones(tmp_path) -> None
     registry.unregister()
     assert not (root / str(os.getpid())).exists()
     assert registry.count() == 1  # unregistered, still at least itself
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "planted").symlink_to(target)  # a folder someone else prepared: not written into
+    assert not JobRegistry(tmp_path / "planted").register()
+    assert list(target.iterdir()) == []
 
 
 @needs_proc
