@@ -40,8 +40,8 @@ from official import OfficialLM
 from torch import Tensor, nn
 
 from hyenadna.compile import compile_model, is_compiled
-from hyenadna.ops import gemm
 from hyenadna.model import HyenaConfig, HyenaDNAForCausalLM
+from hyenadna.ops import gemm
 
 
 def check_same(ours: HyenaDNAForCausalLM, others: dict[str, Callable[[Tensor, Tensor], Tensor]],

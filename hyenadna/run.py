@@ -39,8 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 from hyenadna.compile import check_compile_flag
 from hyenadna.files import atomic_write, describe_os_error, remove_stale_temporaries, write_text_atomic
 from hyenadna.ops.buffers import buffer_pool
-from hyenadna.runtime import (ThreadShare, available_cores, check_switch, huge_pages_state, jobs, jobs_sharing_cores,
-                              keep_freed_memory, resolve_threads, thread_settings)
+from hyenadna.runtime import (ThreadShare, available_cores, check_switch, huge_pages_state, jobs, keep_freed_memory,
+                              resolve_threads, thread_settings)
 
 # Every callable a config may instantiate, by exact dotted name. A prefix rule is not enough:
 # Hydra resolves `hyenadna.checkpoint.torch.load` through the module's attributes.
@@ -678,7 +678,7 @@ class ThreadShareCallback(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if (threads := self.share.update()) is not None:
-            print(f"threads: intra-op {threads} now ({jobs_sharing_cores()} job(s) share {available_cores()} cores)",
+            print(f"threads: intra-op {threads} now ({self.share.processes} job(s) share {available_cores()} cores)",
                   flush=True)
 
 

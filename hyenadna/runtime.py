@@ -280,11 +280,17 @@ def resolve_threads(setting: object) -> int | None:
     if setting is None:
         return None
     if setting == "auto":
-        share = max(1, available_cores() // jobs_sharing_cores())
-        return min(share, _positive_env("OMP_NUM_THREADS")) if os.environ.get("OMP_NUM_THREADS", "").strip() else share
+        return _fair_share(jobs_sharing_cores())
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise ValueError(f"torch_threads must be a positive integer, 'auto' or null, got {setting!r}")
     return setting
+
+
+def _fair_share(processes: int) -> int:
+    """`torch_threads: auto` for `processes` sharing the cores: cores / processes, at least 1, at
+    most OMP_NUM_THREADS where that is set."""
+    share = max(1, available_cores() // processes)
+    return min(share, _positive_env("OMP_NUM_THREADS")) if os.environ.get("OMP_NUM_THREADS", "").strip() else share
 
 
 class ThreadShare:
@@ -296,6 +302,7 @@ class ThreadShare:
 
     def __init__(self, interval_s: float = 2.0) -> None:
         self.interval_s = interval_s
+        self.processes = 1  # sharing the cores, at the last look
         self._next = 0.0
 
     def update(self) -> int | None:
@@ -308,8 +315,9 @@ class ThreadShare:
         if now < self._next:
             return None
         self._next = now + self.interval_s
-        threads = resolve_threads("auto")
-        if threads is None or threads == torch.get_num_threads():
+        self.processes = jobs_sharing_cores()
+        threads = _fair_share(self.processes)
+        if threads == torch.get_num_threads():
             return None
         torch.set_num_threads(threads)
         return threads
