@@ -4,7 +4,8 @@
 
 The shapes of the tiny model's products at --tokens positions (D = 128, I = 512, in_proj 3D), as
 hyenadna.ops.gemm.matmul_nt computes them (a @ b^T, b^T and the weight-gradient operands as
-transposed views), plus a square 2048 product; best of --repeats, interleaved, CPU time.
+transposed views), fc1's weight gradient through matmul_tn and with its operands the other way
+round, plus a square 2048 product; best of --repeats, interleaved, CPU time.
 """
 
 from __future__ import annotations
@@ -35,20 +36,25 @@ def main() -> None:
         "in_proj (384,128)x(128,N)": (r(384, 128), r(n, 128)),
         "fc2 weight grad (128,N)x(N,512), views": (r(n, 128).mT, r(n, 512).mT),
     }
+    # fc1's weight gradient as matmul_tn computes it (the narrower operand first to oneDNN), and
+    # the same product with the wider one first, the order matmul_tn avoids
+    grad_h, x = r(n, 512), r(n, 128)
+    products = {name: (lambda a=a, b=b: gemm.matmul_nt(a, b), 2 * a.shape[0] * a.shape[1] * b.shape[0])
+                for name, (a, b) in shapes.items()}
+    products["fc1 weight grad (512,N)x(N,128), matmul_tn"] = (lambda: gemm.matmul_tn(grad_h, x), 2 * n * 512 * 128)
+    products["the same, wider operand first"] = (lambda: gemm.matmul_nt(grad_h.mT, x.mT), 2 * n * 512 * 128)
     print(f"# machine: {machine()}; clock: cpu")
-    print(f"{'product':>40} {'torch.mm GF/s':>14} {'oneDNN GF/s':>12} {'ratio':>6}")
-    for name, (a, b) in shapes.items():
-        flops = 2 * a.shape[0] * a.shape[1] * b.shape[0]
-
-        def route(on: bool):  # type: ignore[no-untyped-def]
+    print(f"{'product':>44} {'torch.mm GF/s':>14} {'oneDNN GF/s':>12} {'ratio':>6}")
+    for name, (product, flops) in products.items():
+        def route(on: bool, product=product):  # type: ignore[no-untyped-def]
             def run() -> None:
                 gemm.use_onednn = on
-                gemm.matmul_nt(a, b)
+                product()
             return run
 
         t = interleaved({"mm": route(False), "dnn": route(True)}, args.repeats, clock=CLOCKS["cpu"])
         mm, dnn = flops / min(t["mm"]) / 1e9, flops / min(t["dnn"]) / 1e9
-        print(f"{name:>40} {mm:>14.1f} {dnn:>12.1f} {dnn / mm:>5.2f}x", flush=True)
+        print(f"{name:>44} {mm:>14.1f} {dnn:>12.1f} {dnn / mm:>5.2f}x", flush=True)
     gemm.use_onednn = gemm.onednn_available()
 
 
