@@ -5,7 +5,9 @@
 The shapes of the tiny model's products at --tokens positions (D = 128, I = 512, in_proj 3D), as
 hyenadna.ops.gemm.matmul_nt computes them (a @ b^T, b^T and the weight-gradient operands as
 transposed views), fc1's weight gradient through matmul_tn and with its operands the other way
-round, plus a square 2048 product; best of --repeats, interleaved, CPU time.
+round, plus a square 2048 product; best of --repeats, interleaved, CPU time. Then the MLP's tanh-GELU over
+(--tokens, 512) values, forward and backward: ATen's kernels against the sigmoid form of
+hyenadna.ops.mlp (`gelu_tanh_and_slope`, then one multiply in backward).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from common import CLOCKS, interleaved, machine
 
 from hyenadna.ops import gemm
+from hyenadna.ops.mlp import gelu_tanh_and_slope
 
 
 def main() -> None:
@@ -44,7 +47,7 @@ def main() -> None:
     products["fc1 weight grad (512,N)x(N,128), matmul_tn"] = (lambda: gemm.matmul_tn(grad_h, x), 2 * n * 512 * 128)
     products["the same, wider operand first"] = (lambda: gemm.matmul_nt(grad_h.mT, x.mT), 2 * n * 512 * 128)
     print(f"# machine: {machine()}; clock: cpu")
-    print(f"{'product':>44} {'torch.mm GF/s':>14} {'oneDNN GF/s':>12} {'ratio':>6}")
+    print(f"{'product':>48} {'torch.mm GF/s':>14} {'oneDNN GF/s':>12} {'ratio':>6}")
     for name, (product, flops) in products.items():
         def route(on: bool, product=product):  # type: ignore[no-untyped-def]
             def run() -> None:
@@ -54,8 +57,25 @@ def main() -> None:
 
         t = interleaved({"mm": route(False), "dnn": route(True)}, args.repeats, clock=CLOCKS["cpu"])
         mm, dnn = flops / min(t["mm"]) / 1e9, flops / min(t["dnn"]) / 1e9
-        print(f"{name:>44} {mm:>14.1f} {dnn:>12.1f} {dnn / mm:>5.2f}x", flush=True)
+        print(f"{name:>48} {mm:>14.1f} {dnn:>12.1f} {dnn / mm:>5.2f}x", flush=True)
     gemm.use_onednn = gemm.onednn_available()
+
+    h, g = r(n, 512), r(n, 512)
+    a, slope, grad = torch.empty_like(h), torch.empty_like(h), torch.empty_like(h)
+
+    def aten() -> None:
+        torch._C._nn.gelu(h, approximate="tanh", out=a)
+        torch.ops.aten.gelu_backward.grad_input(g, h, approximate="tanh", grad_input=grad)
+
+    def sigmoid_form() -> None:
+        gelu_tanh_and_slope(h, a, slope)
+        torch.mul(g, slope, out=grad)
+
+    t = interleaved({"aten": aten, "ours": sigmoid_form}, args.repeats, clock=CLOCKS["cpu"])
+    print(f"\n# tanh-GELU forward + backward over ({n}, 512) fp32 values")
+    print(f"{'ATen gelu + gelu_backward ms':>32} {min(t['aten']) * 1e3:>8.2f}")
+    print(f"{'gelu_tanh_and_slope + mul ms':>32} {min(t['ours']) * 1e3:>8.2f}   "
+          f"{min(t['aten']) / min(t['ours']):.2f}x")
 
 
 if __name__ == "__main__":

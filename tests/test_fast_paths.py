@@ -818,6 +818,38 @@ def test_mlp_kernel_equals_its_reference_in_fp64() -> None:
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_gelu_from_a_sigmoid_equals_tanh_gelu_and_its_slope_to_fp32_rounding(monkeypatch) -> None:
+    """`ops.mlp.gelu_tanh_and_slope` = tanh-GELU and its derivative (fp64 autograd through
+    F.gelu), over row slices with a partial last one, from 0 and +-1e-30 to +-1e18. The bounds
+    follow its passes: a few roundings of x sigmoid(u) (8 eps |x|); the slope s + x s (1 - s) u'
+    inherits s's rounding near 1 scaled by |x| u' (8 eps (1 + |x| u')). ATen's kernels meet the
+    same bounds, and the slope stays finite where h^2 does."""
+    mlp_module = importlib.import_module("hyenadna.ops.mlp")
+    monkeypatch.setattr(mlp_module, "GELU_SLICE_BYTES", 7 * 24 * 4)  # 7 rows: 3 slices of 20 rows
+    torch.manual_seed(0)
+    h = torch.cat([torch.randn(12, 24) * 3, torch.randn(4, 24) * 30,
+                   torch.tensor([0.0, 1e-30, -1e-30, 1e6, -1e6, 1e12, -1e12, 1e18, -1e18, 8.0, -8.0, -5.5]
+                                * 2).view(1, 24),
+                   torch.linspace(-12, 12, 72).view(3, 24)])
+    a, d = torch.empty_like(h), torch.empty_like(h)
+    mlp_module.gelu_tanh_and_slope(h, a, d)
+    h64 = h.double().requires_grad_()
+    want = F.gelu(h64, approximate="tanh")
+    (slope,) = torch.autograd.grad(want.sum(), h64)
+    eps = torch.finfo(torch.float32).eps / 2
+    x = h.double().abs()
+    du = 2 * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x ** 2)
+    assert torch.isfinite(a).all() and torch.isfinite(d).all()
+    for got, ref in ((a, want), (F.gelu(h, approximate="tanh"), want)):
+        assert bool(((got.double() - ref).abs() <= 8 * eps * x).all())
+    aten_slope = torch.ops.aten.gelu_backward(torch.ones_like(h), h, approximate="tanh")
+    finite = x < 1e12  # ATen's own slope is NaN from |h| ~ 1e13 on (its 0 * inf)
+    for got in (d, aten_slope):
+        err = (got.double() - slope).abs()[finite]
+        assert bool((err <= 8 * eps * (1 + x * du)[finite]).all())
+    assert bool((d[~finite] == slope[~finite].float()).all())  # 1 or 0 exactly
+
+
 @pytest.mark.parametrize("chunk_rows", [10, 66, 1000])
 def test_mlp_kernel_in_row_chunks_equals_its_reference(chunk_rows: int, monkeypatch) -> None:
     """The fp32 route of `ops.mlp`, its products in row chunks (oneDNN's outputs kept under glibc's

@@ -30,6 +30,9 @@ INFERENCE_CHUNK_ELEMENTS = 1 << 24
 # afresh (faulted in again at every step); so with grad the MLP's (tokens, I) products are made in
 # row chunks of at most this many bytes, which glibc's heap reuses (16k tokens and up, I = 512).
 MLP_CHUNK_BYTES = 16 << 20
+# The fp32 CPU MLP computes the tanh-GELU and its slope in row slices of at most this many bytes
+# per (rows, I) array, so that the several passes over a slice find it in the core's L2 cache.
+GELU_SLICE_BYTES = 1 << 20
 # Without grad, the MLP runs over at most this many tokens (batch x positions) at a time: its
 # (B, L, I) hidden activation is the widest tensor of a block (2 GB at 1M tokens, fp32, I = 512).
 INFERENCE_CHUNK_TOKENS = 1 << 16
