@@ -4,8 +4,9 @@
 
 The shapes of the tiny model's products at --tokens positions (D = 128, I = 512, in_proj 3D), as
 hyenadna.ops.gemm.matmul_nt computes them (a @ b^T, b^T and the weight-gradient operands as
-transposed views), fc1's weight gradient through matmul_tn and with its operands the other way
-round, plus a square 2048 product; best of --repeats, interleaved, CPU time. Then the MLP's tanh-GELU over
+transposed views); two weight gradients through matmul_tn and with its operands the other way
+round (fc1's, and the in_proj's for one 1024-long sequence of the channels-first gradient), plus
+a square 2048 product; best of --repeats, interleaved, CPU time. Then the MLP's tanh-GELU over
 (--tokens, 512) values, forward and backward: ATen's kernels against the sigmoid form of
 hyenadna.ops.mlp (`gelu_tanh_and_slope`, then one multiply in backward).
 """
@@ -46,6 +47,13 @@ def main() -> None:
                 for name, (a, b) in shapes.items()}
     products["fc1 weight grad (512,N)x(N,128), matmul_tn"] = (lambda: gemm.matmul_tn(grad_h, x), 2 * n * 512 * 128)
     products["the same, wider operand first"] = (lambda: gemm.matmul_nt(grad_h.mT, x.mT), 2 * n * 512 * 128)
+    # the in_proj's weight gradient for one sequence: the gradient channels first (384, L), so
+    # matmul_tn's a^T is row-major already, and the other order copies x^T
+    grad_u, x_seq = r(384, 1024), r(1024, 128)
+    products["in_proj wgrad, 1 seq (384,L)x(L,128), matmul_tn"] = (lambda: gemm.matmul_tn(grad_u.mT, x_seq),
+                                                                  2 * 1024 * 384 * 128)
+    products["the same, the other order"] = (lambda: gemm.matmul_nt(x_seq.mT, grad_u).mT.contiguous(),
+                                             2 * 1024 * 384 * 128)
     print(f"# machine: {machine()}; clock: cpu")
     print(f"{'product':>48} {'torch.mm GF/s':>14} {'oneDNN GF/s':>12} {'ratio':>6}")
     for name, (product, flops) in products.items():

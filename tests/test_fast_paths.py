@@ -919,16 +919,19 @@ def test_onednn_products_equal_torch_mm_to_fp32_rounding(transposed: bool, monke
     torch.testing.assert_close(got64, exact, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("m, n", [(70, 50), (50, 70)])
-def test_weight_gradient_products_equal_the_exact_sum_to_fp32_rounding(m: int, n: int, monkeypatch) -> None:
+@pytest.mark.parametrize("m, n, a_transposed", [(70, 50, False), (50, 70, False), (70, 50, True)])
+def test_weight_gradient_products_equal_the_exact_sum_to_fp32_rounding(m: int, n: int, a_transposed: bool,
+                                                                        monkeypatch) -> None:
     """`ops.gemm.matmul_tn(a, b)` = a^T b within the fp32 bound of a K-term sum on every route:
-    oneDNN with the operands either way round (M > N computes b^T a and transposes it), torch.mm;
-    the result is a contiguous (M, N) tensor."""
+    oneDNN with the operands either way round (two row-major operands with M > N: b^T a,
+    transposed; M > N with a^T row-major already: a^T b), torch.mm; the result is a contiguous
+    (M, N) tensor."""
     from hyenadna.ops import gemm
 
     torch.manual_seed(0)
     k = 300
-    a, b = torch.randn(k, m), torch.randn(k, n)
+    a = torch.randn(m, k).mT if a_transposed else torch.randn(k, m)
+    b = torch.randn(k, n)
     exact = a.double().mT @ b.double()
     bound = gamma(k) * (a.double().abs().mT @ b.double().abs())
     for onednn, for_tn in ((True, True), (True, False), (False, True)):

@@ -52,13 +52,19 @@ def matmul_tn(a: Tensor, b: Tensor) -> Tensor:
     """a (K, M)^T @ b (K, N) -> a new contiguous (M, N): the weight-gradient form (K: the tokens).
     Through oneDNN when `onednn_active() and onednn_for_tn`, else torch.mm.
 
-    oneDNN's linear copies its first operand row-major with ATen's strided copy and reorders the
-    second inside its own kernel, which is cheaper; so the narrower of the two goes first: for
-    M > N it computes b^T a and transposes that (an M x N copy, small beside the K x M it saves:
-    fc1's weight gradient at 8k tokens 79 GF/s against 60 the other way round on a Zen 4 EPYC,
-    `python benchmarks/bench_gemm.py`)."""
+    oneDNN's linear copies its first operand row-major with ATen's strided copy (unless it
+    already is) and reorders the second inside its own kernel, which is cheaper. So of its two
+    orders, a^T (b^T)^T, or b^T (a^T)^T transposed afterwards (an M x N copy), it takes the one
+    that copies fewer values (`_copied`): fc1's weight gradient at 8k tokens 79 vs 60 GF/s
+    the other way round on a Zen 4 EPYC; the in_proj's for one sequence, whose a^T is the
+    channels-first gradient itself, 204 vs 169 on a Zen 5 (`python benchmarks/bench_gemm.py`)."""
     if onednn_for_tn and onednn_active():
-        if a.shape[1] > b.shape[1]:
+        if _copied(a) > _copied(b) + a.shape[1] * b.shape[1]:
             return matmul_nt(b.mT, a.mT).mT.contiguous()
         return matmul_nt(a.mT, b.mT)
     return torch.mm(a.mT, b)
+
+
+def _copied(t: Tensor) -> int:
+    """Values oneDNN copies to take t^T as its first operand: none if t^T is row-major already."""
+    return 0 if t.mT.is_contiguous() else t.numel()
