@@ -128,14 +128,12 @@ def _backward_onednn(grad: Tensor, x: Tensor, w: Tensor, to_channels: bool, need
     batch = x.shape[0]
     grad_x = grad_w = None
     if to_channels:  # grad (B, D_out, L), x (B, L, D_in)
-        if need_x:  # grad[b]^T W: (L, D_in) per sequence
+        if need_x:  # grad[b]^T W: (L, D_in) per sequence, as the transpose of W^T grad[b] (D_in, L):
+            # oneDNN would copy grad[b]^T (L, D_out) row-major first; the transpose copies D_in/D_out of that
             wt = w.mT.contiguous()
-            if batch == 1:
-                grad_x = gemm.matmul_nt(grad[0].mT, wt).unsqueeze(0)
-            else:
-                grad_x = pooled_empty(x.shape, x.dtype, x.device)
-                for i in range(batch):
-                    grad_x[i] = gemm.matmul_nt(grad[i].mT, wt)
+            grad_x = pooled_empty(x.shape, x.dtype, x.device)
+            for i in range(batch):
+                grad_x[i].copy_(gemm.matmul_nt(wt, grad[i].mT).mT)
         if need_w:  # sum_b grad[b] x[b]: (D_out, D_in)
             for i in range(batch):
                 g = gemm.matmul_tn(grad[i].mT, x[i])
