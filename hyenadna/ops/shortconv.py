@@ -75,12 +75,14 @@ class ShortConvFn(torch.autograd.Function):
                 step = max(1, ctx.product_elements // (batch * seq_len))
                 prod = torch.empty((batch, min(step, channels), seq_len), dtype=prod_dtype, device=x.device)
             grad_w = grad_y.new_zeros((channels, taps), dtype=acc)
+            flat = prod.view(-1)  # each product contiguous: a sum over a strided prefix is ~2x slower
             for c0 in range(0, channels, step):
                 c1 = min(c0 + step, channels)
                 for j in range(max(0, taps - seq_len), taps):
                     lag = taps - 1 - j
+                    shape = (batch, c1 - c0, seq_len - lag)
                     p = torch.mul(grad_y[:, c0:c1, lag:], x[:, c0:c1, :seq_len - lag],
-                                  out=prod[:, :c1 - c0, :seq_len - lag])
+                                  out=flat[:shape[0] * shape[1] * shape[2]].view(shape))
                     grad_w[c0:c1, j] = p.sum((0, 2), dtype=acc)
             grad_w = grad_w.unsqueeze(1).to(w_dtype)
         if ctx.needs_input_grad[0]:
