@@ -133,19 +133,22 @@ def test_fftconv_backward_passes_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda *a: fftconv(*a).double(), (u, k, bias), eps=1e-2, atol=2e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("product_elements", [1 << 24, 100])
-@pytest.mark.parametrize("seq_len", [1, 2, 3, 50])
+@pytest.mark.parametrize("slice_elements", [1 << 24, 100, 400])
+@pytest.mark.parametrize("seq_len", [1, 2, 3, 11, 12, 50])
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_short_conv_equals_conv1d_module(seq_len: int, product_elements: int, input_grad: bool) -> None:
+def test_short_conv_equals_conv1d_module(seq_len: int, slice_elements: int, input_grad: bool) -> None:
     """Values and gradients to fp64 precision. With the input gradient the weight gradient's
-    products go through its buffer; without, through their own, where a small product buffer
-    makes the weight gradient run over channel chunks (1 channel at a time at L = 50, batch 2)."""
+    products go through its buffer, without through their own. A small `slice_elements` makes
+    the passes run over slices (batch 2, 6 channels). 100 values: forward and input gradient
+    over channel ranges of one sequence (2 channels at L = 50) or one sequence at a time
+    (L = 11, 12), the weight gradient over channel ranges of the batch (1 channel at L = 50; 4
+    and a last 2 at L = 11, 12). 400: one sequence at a time at L = 50, weight gradient 4 + 2."""
     torch.manual_seed(seq_len)
     conv = torch.nn.Conv1d(6, 6, kernel_size=3, groups=6, padding=2).double()
     x = torch.randn(2, 6, seq_len, dtype=torch.float64, requires_grad=input_grad)
     g = torch.randn(2, 6, seq_len, dtype=torch.float64)
     params = [x, conv.weight, conv.bias] if input_grad else [conv.weight, conv.bias]
-    y, y_ref = shortconv(x, conv.weight, conv.bias, product_elements), conv(x)[..., :seq_len]
+    y, y_ref = shortconv(x, conv.weight, conv.bias, slice_elements), conv(x)[..., :seq_len]
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads(y, g, params), grads(y_ref, g, params)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -20,9 +20,11 @@ POOL_MIN_BYTES = 32 << 20
 # An idle pooled storage not handed out for this many requests is released: its shape is gone
 # (a warmup stage changed L, the last batch was smaller).
 POOL_STALE_AFTER = 256
-# The short conv's weight gradient sums tap products through one buffer of at most this many
-# values when it cannot borrow the input gradient's (64 MB fp32 at any L).
-SHORT_CONV_PRODUCT_ELEMENTS = 1 << 24
+# The short conv runs its tap passes over slices of at most this many values (2 MB fp32, which
+# the k passes over a slice then read from cache): whole sequences or channel ranges forward and
+# for the input gradient, channel ranges of the batch for the weight gradient, whose products go
+# through one buffer (the input gradient's, else one of a slice's size).
+SHORT_CONV_SLICE_ELEMENTS = 1 << 19
 # Without grad, the long conv and the in_proj + short conv run in chunks of at most this many
 # (padded) values: 64 MB fp32, so a 1M-token forward never holds a whole (B, D, 2L) spectrum.
 INFERENCE_CHUNK_ELEMENTS = 1 << 24
