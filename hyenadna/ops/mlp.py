@@ -122,16 +122,16 @@ def gelu_tanh_and_slope(h: Tensor, out: Tensor, slope: Tensor) -> None:
     """
     rows = max(1, GELU_SLICE_BYTES // max(1, h.shape[-1] * h.element_size()))
     two_beta = torch.tensor(2 * _BETA, dtype=h.dtype, device=h.device)
-    tmp = torch.empty((min(rows, h.shape[0]), h.shape[-1]), dtype=h.dtype, device=h.device)
+    tmp = torch.empty((2, min(rows, h.shape[0]), h.shape[-1]), dtype=h.dtype, device=h.device)
     for r in range(0, h.shape[0], rows):
         x, a, d = h[r:r + rows], out[r:r + rows], slope[r:r + rows]
-        t = tmp[:x.shape[0]]
+        t, du = tmp[0, :x.shape[0]], tmp[1, :x.shape[0]]
         torch.addcmul(two_beta, x, x, value=2 * _BETA * _KAPPA, out=d).mul_(x)  # u
         torch.sigmoid(d, out=d)  # s
         torch.ops.aten.sigmoid_backward.grad_input(x, d, grad_input=t)  # h s (1 - s)
-        t.mul_(torch.addcmul(two_beta, x, x, value=6 * _BETA * _KAPPA, out=a))  # times u'
+        torch.addcmul(two_beta, x, x, value=6 * _BETA * _KAPPA, out=du)  # u'
         torch.mul(x, d, out=a)  # gelu = h s
-        d.add_(t)
+        d.addcmul_(t, du)
 
 
 def _chunk_rows(inner: int, element_size: int) -> int:
