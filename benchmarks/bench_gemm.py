@@ -40,8 +40,8 @@ def main() -> None:
         "in_proj (384,128)x(128,N)": (r(384, 128), r(n, 128)),
         "fc2 weight grad (128,N)x(N,512), views": (r(n, 128).mT, r(n, 512).mT),
     }
-    # fc1's weight gradient as matmul_tn computes it (the narrower operand first to oneDNN), and
-    # the same product with the wider one first, the order matmul_tn avoids
+    # fc1's weight gradient as matmul_tn computes it (both operands row-major: the narrower one's
+    # transpose is the cheaper copy, so it goes first), and the other order, which matmul_tn avoids
     grad_h, x = r(n, 512), r(n, 128)
     products = {name: (lambda a=a, b=b: gemm.matmul_nt(a, b), 2 * a.shape[0] * a.shape[1] * b.shape[0])
                 for name, (a, b) in shapes.items()}

@@ -39,6 +39,7 @@ import os
 import stat
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -307,8 +308,6 @@ class ThreadShare:
 
     def update(self) -> int | None:
         """The new thread count if it changed (and was applied), else None."""
-        import time
-
         import torch
 
         now = time.monotonic()

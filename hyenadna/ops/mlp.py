@@ -52,7 +52,7 @@ class MlpFn(torch.autograd.Function):
         a = pooled_empty((tokens, inner), x.dtype, x.device)
         ctx.slope = gemm.onednn_active() and x.device.type == "cpu" and x.dtype == torch.float32
         if ctx.slope:
-            rows = _chunk_rows(inner, x.element_size())
+            rows = _rows_within(MLP_CHUNK_BYTES, inner * x.element_size())
             h = pooled_empty((tokens, inner), x.dtype, x.device)  # holds the slope
             for s in range(0, tokens, rows):
                 gelu_tanh_and_slope(gemm.matmul_nt(x2[s:s + rows], w1, b1), a[s:s + rows], h[s:s + rows])
@@ -120,7 +120,7 @@ def gelu_tanh_and_slope(h: Tensor, out: Tensor, slope: Tensor) -> None:
     rounding; h s (1 - s) is formed before the factor u', so as in ATen's backward only |h| past
     ~1e19 (where h^2 overflows) gives a NaN slope.
     """
-    rows = max(1, GELU_SLICE_BYTES // max(1, h.shape[-1] * h.element_size()))
+    rows = _rows_within(GELU_SLICE_BYTES, h.shape[-1] * h.element_size())
     two_beta = torch.tensor(2 * _BETA, dtype=h.dtype, device=h.device)
     tmp = torch.empty((2, min(rows, h.shape[0]), h.shape[-1]), dtype=h.dtype, device=h.device)
     for r in range(0, h.shape[0], rows):
@@ -134,9 +134,9 @@ def gelu_tanh_and_slope(h: Tensor, out: Tensor, slope: Tensor) -> None:
         d.addcmul_(t, du)
 
 
-def _chunk_rows(inner: int, element_size: int) -> int:
-    """Rows of an (rows, inner) chunk within `MLP_CHUNK_BYTES` (at least 1)."""
-    return max(1, MLP_CHUNK_BYTES // (inner * element_size))
+def _rows_within(budget_bytes: int, row_bytes: int) -> int:
+    """Rows of `row_bytes` each that fit in `budget_bytes` (at least 1)."""
+    return max(1, budget_bytes // max(1, row_bytes))
 
 
 def mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:

@@ -47,8 +47,6 @@ def _taps_in_slices(x: Tensor, taps: Tensor, out: Tensor, slice_elements: int, b
     The shifts run along L only, so each value is the same sum as unsliced."""
     batch, channels, seq_len = x.shape
     per_seq = channels * seq_len
-    if per_seq * batch <= slice_elements:
-        return _shifted_taps(x, taps, bias, reverse, out=out)
     if per_seq <= slice_elements:
         n = slice_elements // per_seq
         for b in range(0, batch, n):
