@@ -33,6 +33,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
@@ -330,12 +331,31 @@ class _AppendingWriter(ExperimentWriter):
 
 class CSVLogger(pl.loggers.CSVLogger):
     """metrics.csv that keeps the rows of a resumed run and writes each row when it is logged
-    (`flush_logs_every_n_steps=1`), so a killed run loses none of the rows before its checkpoint."""
+    (`flush_logs_every_n_steps=1`), so a killed run loses none of the rows before its checkpoint.
+
+    A step's row is normally logged after the batch-end hooks, where a periodic ``last.ckpt`` is
+    written: `RunCheckpoint` therefore writes the row first (`write_row_ahead`), and the logger
+    skips the same step when Lightning logs it afterwards.
+    """
 
     def __init__(self, save_dir: str, name: str | None = "", version: str | int | None = "",
                  flush_logs_every_n_steps: int = 1, **kwargs: Any) -> None:
         super().__init__(save_dir, name=name, version=version, flush_logs_every_n_steps=flush_logs_every_n_steps,
                          **kwargs)
+        self._written_ahead: int | None = None
+
+    def write_row_ahead(self, metrics: dict[str, Any], step: int) -> None:
+        """Write step's row now, before Lightning logs it (which is then skipped)."""
+        self.log_metrics(metrics, step)
+        self.save()
+        self._written_ahead = step
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:  # type: ignore[override]
+        """Lightning's row, unless `write_row_ahead` already wrote this step's."""
+        if step is not None and step == self._written_ahead:
+            self._written_ahead = None
+            return
+        super().log_metrics(metrics, step)
 
     @property
     def experiment(self) -> _AppendingWriter:  # type: ignore[override]
@@ -461,6 +481,7 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and self._saves_at_epoch_end(trainer):
             return  # the epoch-end save follows, after the epoch's validation: a resume point that keeps it
         if (periodic or stop) and not self._should_skip_saving_checkpoint(trainer):
+            _write_step_row_ahead(trainer)  # a kill right after the save must not lose this step's row
             self._save_last_or_named(trainer)
         if stop:
             self._stop_after_save(trainer)
@@ -522,6 +543,25 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
         loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict")
         if isinstance(loop, dict) and "_batches_that_stepped" in loop:
             loop["_batches_that_stepped"] -= 1
+
+
+def _write_step_row_ahead(trainer: pl.Trainer) -> None:
+    """Have our CSV loggers write the row Lightning will log for this optimizer step, now: the
+    same metrics, epoch and step label as its logger connector gives them after the batch-end
+    hooks (nothing where this step logs no row, `log_every_n_steps`)."""
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+    connector = trainer._logger_connector
+    if not loggers or not (connector.should_update_logs or trainer.fast_dev_run):
+        return
+    metrics = convert_tensors_to_scalars(connector.metrics["log"])
+    if not metrics:
+        return
+    step = metrics.pop("step", None)
+    if step is None:
+        metrics.setdefault("epoch", trainer.current_epoch)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    for logger in loggers:
+        logger.write_row_ahead(metrics, int(step))
 
 
 def resume_step(ckpt_path: str | os.PathLike[str]) -> int:

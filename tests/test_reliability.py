@@ -112,6 +112,30 @@ def test_crash_mid_epoch_then_resume_is_bitwise(tmp_path: Path, uninterrupted, m
     assert resumed["val_loss"] == ref_result["val_loss"]
 
 
+def test_a_kill_right_after_a_periodic_save_keeps_that_steps_row(tmp_path: Path, uninterrupted, monkeypatch) -> None:
+    """The run dies the moment last.ckpt of step 6 is on disk, before Lightning would log that
+    step's row (it logs after the batch-end hooks): the row is already in metrics.csv, so the
+    resumed run's rows equal the uninterrupted run's (a kill -9 in that gap used to lose it)."""
+    ref, ref_result = uninterrupted
+    original = AtomicCheckpointIO.save_checkpoint
+
+    def die_after_step_6(self, checkpoint, path, storage_options=None):  # type: ignore[no-untyped-def]
+        original(self, checkpoint, path, storage_options)
+        if checkpoint["global_step"] == 6:
+            raise RuntimeError("killed right after the save")
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", die_after_step_6)
+    overrides = ("trainer.max_steps=60", "callbacks.checkpoint.last_every_n_steps=3")
+    with pytest.raises(RuntimeError, match="killed right after the save"):
+        fit(make_cfg(tmp_path, *DROPOUT, *overrides))
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", original)
+    assert last_step(tmp_path) == 6
+    assert max(int(r["step"]) for r in metrics_rows(tmp_path) if r["step"]) == 5  # step 6's row: label 5
+    resumed = fit(make_cfg(tmp_path, *DROPOUT, *overrides, f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"))
+    assert metrics_rows(tmp_path) == metrics_rows(ref)
+    assert resumed["val_loss"] == ref_result["val_loss"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_the_step_and_exits_with_its_code(tmp_path: Path, uninterrupted, signum: int) -> None:
     ref, _ = uninterrupted
