@@ -43,8 +43,9 @@ def _taps_in_slices(x: Tensor, taps: Tensor, out: Tensor, slice_elements: int, b
                     reverse: bool = False) -> Tensor:
     """`_shifted_taps` into `out`, over slices of at most `slice_elements` values (whole
     sequences, or channel ranges of one sequence when a sequence is larger), so that the k
-    passes over a slice find it in cache: 0.64-0.74x the time of whole tensors at 8 x 384 x 1024.
-    The shifts run along L only, so each value is the same sum as unsliced."""
+    passes over a slice find it in cache (with the weight gradient's slices, the operator's
+    fwd+bwd at 8 x 1024 took 0.96x the time, `benchmarks/ab_operator.py`). The shifts run along
+    L only, so each value is the same sum as unsliced."""
     batch, channels, seq_len = x.shape
     per_seq = channels * seq_len
     if per_seq <= slice_elements:
@@ -87,15 +88,15 @@ class ShortConvFn(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # sum_t grad_y_t x_{t - lag} per channel (tap j multiplies x_{t - lag}), summed in at
             # least fp32, over channel slices of at most `slice_elements` values: the taps'
-            # passes over a slice then find it in cache (0.7x the time of whole tensors at
-            # 8 x 384 x 1024). The products go through one buffer shared by the taps (each fills a
-            # prefix): the input gradient's, before it is computed, else one of a slice's size.
+            # passes over a slice then find it in cache. The products go through one buffer
+            # shared by the taps (each fills a prefix): the input gradient's, before it is
+            # computed, else one of a slice's size.
             batch, channels = x.shape[:2]
             step = max(1, ctx.slice_elements // (batch * seq_len))
             prod = grad_x_buf if grad_x_buf is not None else torch.empty(
                 (batch, min(step, channels), seq_len), dtype=prod_dtype, device=x.device)
             grad_w = grad_y.new_zeros((channels, taps), dtype=acc)
-            flat = prod.view(-1)  # each product contiguous: a sum over a strided prefix is ~2x slower
+            flat = prod.view(-1)  # each product contiguous: a sum over a strided prefix is slower
             for c0 in range(0, channels, step):
                 c1 = min(c0 + step, channels)
                 for j in range(max(0, taps - seq_len), taps):
